@@ -1,0 +1,256 @@
+"""The data table every part of can-tf reads: one row per image, labels in canonical order.
+
+Columns, in this order: ``image_index`` (the image's name, unique), ``path`` (absolute path str),
+``patient_id`` (str), ``view`` (``"PA"``, ``"AP"`` or ``""``), ``age`` (float years, NaN unknown),
+``sex`` (``"M"``, ``"F"`` or ``""``), then one float32 column per class (1.0 positive, 0.0 negative,
+NaN unknown). :func:`load_table` builds it from a :class:`~can_tf.config.DataConfig`: a ChestX-ray14
+folder or label file, a generic CSV, or the built-in phantom data set when ``source`` is None.
+
+Example:
+    >>> from can_tf.config import DataConfig
+    >>> df, class_names = load_table(DataConfig(source="/data/ChestX-ray14", views=["PA"]))
+    >>> prevalence = class_prevalence(df, class_names)  # positives / known labels, per class
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from can_tf.data.errors import DataError, preview
+
+logger = logging.getLogger(__name__)
+
+BASE_COLUMNS = ("image_index", "path", "patient_id", "view", "age", "sex")
+VIEWS = ("PA", "AP")
+SEXES = ("M", "F")
+MAX_AGE = 120.0  # years; NIH's first release had ages like 414 that are typos, not patients
+
+_AGE_UNITS = {"": 1.0, "Y": 1.0, "M": 12.0, "W": 52.0, "D": 365.0}
+
+
+def make_table(image_index, path, patient_id, labels: np.ndarray, class_names: Sequence[str], *,
+               view=None, age=None, sex=None) -> pd.DataFrame:
+    """Assembles the agreed columns in the agreed order; ``labels`` is (rows, classes)."""
+    n = len(image_index)
+    df = pd.DataFrame({
+        "image_index": pd.Series(image_index, dtype=str).to_numpy(),
+        "path": pd.Series(path, dtype=str).to_numpy(),
+        "patient_id": pd.Series(patient_id, dtype=str).to_numpy(),
+        "view": np.full(n, "", dtype=object) if view is None else np.asarray(view, dtype=object),
+        "age": np.full(n, np.nan) if age is None else np.asarray(age, dtype=np.float64),
+        "sex": np.full(n, "", dtype=object) if sex is None else np.asarray(sex, dtype=object),
+    })
+    for i, name in enumerate(class_names):
+        df[name] = np.asarray(labels[:, i], dtype=np.float32)
+    for column in ("view", "sex"):
+        df[column] = df[column].astype(str)
+    return df
+
+
+def on_distinct(values: pd.Series, fn) -> np.ndarray:
+    """Applies ``fn`` (Series -> array) to the distinct values only and spreads the result back.
+
+    Columns such as view, sex or age hold a few hundred distinct strings in 112k rows; pandas string
+    methods loop in Python, so working on the distinct values is what keeps loading fast.
+    """
+    codes, distinct = pd.factorize(values.fillna("").astype(str))
+    return np.asarray(fn(pd.Series(distinct, dtype=object)))[codes]
+
+
+def normalise_view(values: pd.Series) -> np.ndarray:
+    """``PA``/``AP`` in any case; anything else (blank, lateral) becomes ``""``."""
+    def normalise(distinct):
+        upper = distinct.str.strip().str.upper()
+        return np.where(upper.isin(VIEWS), upper, "").astype(object)
+    return on_distinct(values, normalise)
+
+
+def normalise_sex(values: pd.Series) -> np.ndarray:
+    """``M``/``F`` (also ``male``/``female``); anything else becomes ``""``."""
+    def normalise(distinct):
+        upper = distinct.str.strip().str.upper().str[:1]
+        return np.where(upper.isin(SEXES), upper, "").astype(object)
+    return on_distinct(values, normalise)
+
+
+def parse_ages(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Parses ages as NIH and its mirrors write them (``58``, ``058Y``, ``7M``) into years.
+
+    Returns ``(ages, bad)``: float years with NaN where blank or bad, and a boolean mask of the
+    entries that were present but unusable (not a number, or outside 0..120 years).
+
+    Example:
+        >>> ages, bad = parse_ages(pd.Series(["58", "058Y", "6M", "", "414", "old"]))
+        >>> ages.round(1).tolist()[:3], bad.tolist()
+        ([58.0, 58.0, 0.5], [False, False, False, False, True, True])
+    """
+    def parse(distinct):
+        text = distinct.str.strip()
+        parts = text.str.upper().str.extract(r"^(\d+(?:\.\d*)?)\s*([YMWD]?)$")
+        number = pd.to_numeric(parts[0], errors="coerce").to_numpy(dtype=np.float64)
+        years = number / parts[1].fillna("").map(_AGE_UNITS).to_numpy(dtype=np.float64)
+        blank = (text == "").to_numpy()
+        bad = ~blank & ~((years >= 0) & (years <= MAX_AGE))
+        years[bad | blank] = np.nan
+        return np.stack([years, bad.astype(np.float64)], axis=1)
+
+    parsed = on_distinct(values, parse)
+    return parsed[:, 0].copy(), parsed[:, 1] > 0
+
+
+def drop_missing_images(df: pd.DataFrame, listed_in: str, looked_in: str) -> pd.DataFrame:
+    """Keeps the rows whose image was found (``path`` not empty) and says how many were not.
+
+    The count goes to the log and to ``df.attrs["missing_images"]``; a table with no image found
+    at all is an error that names the label file and the folder searched.
+    """
+    found = (df["path"] != "").to_numpy()
+    missing = int((~found).sum())
+    if not found.any():
+        raise DataError(
+            f"none of the {len(df):,} images listed in {listed_in} were found in {looked_in} "
+            f"(e.g. {preview(df['image_index'].head(3))}); point data.image_root (or the data "
+            f"source) at the folder holding the image files"
+        )
+    attrs = dict(df.attrs)
+    if missing:
+        logger.warning(
+            "%s of the %s images listed in %s are not in %s (e.g. %s); going on with the %s found",
+            f"{missing:,}", f"{len(df):,}", listed_in, looked_in,
+            preview(df.loc[~found, "image_index"].head(3)), f"{int(found.sum()):,}",
+        )
+        df = df.loc[found].reset_index(drop=True)
+    df.attrs = {**attrs, "missing_images": missing}
+    return df
+
+
+def resolve_source(source: Optional[str], format: str = "auto",
+                   label_file: Optional[str] = None) -> tuple[str, Optional[Path], Optional[Path]]:
+    """Decides how to read ``source``: returns ``(format, data_root, label_file)``.
+
+    ``auto`` reads a folder as ChestX-ray14 and a ``.csv``/``.csv.gz`` file as a generic CSV,
+    unless the file is an NIH ``Data_Entry_2017*`` label file. ``source=None`` means the phantom
+    data set (the caller generates it).
+    """
+    if source is None:
+        if format == "csv":
+            raise DataError("data.format='csv' needs data.source set to a CSV file")
+        return "chestxray14", None, Path(label_file) if label_file else None
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"data source {source} does not exist")
+    name = path.name.lower()
+    is_csv = name.endswith(".csv") or name.endswith(".csv.gz")
+    if format == "auto":
+        if path.is_dir():
+            format = "chestxray14"
+        elif is_csv:
+            format = "chestxray14" if name.startswith("data_entry_2017") else "csv"
+        else:
+            raise DataError(
+                f"data source {source} is neither a folder nor a .csv/.csv.gz file; set data.format"
+            )
+    if format == "csv":
+        if path.is_dir():
+            raise DataError(f"data.format='csv' needs a CSV file, but {source} is a folder")
+        return "csv", path.parent, path
+    if path.is_dir():
+        return "chestxray14", path, Path(label_file) if label_file else None
+    return "chestxray14", path.parent, Path(label_file) if label_file else path
+
+
+def load_table(data_config) -> tuple[pd.DataFrame, list]:
+    """Reads the data set a :class:`~can_tf.config.DataConfig` names and applies its filters.
+
+    Returns ``(df, class_names)``. ``df.attrs`` carries ``format``, ``data_root`` (where split
+    lists are looked for) and ``missing_images`` (label rows without an image on disk).
+
+    Example:
+        >>> df, class_names = load_table(DataConfig())  # the built-in phantom data set
+        >>> list(df.columns[:6])
+        ['image_index', 'path', 'patient_id', 'view', 'age', 'sex']
+    """
+    class_names = list(data_config.class_names)
+    format, root, label_file = resolve_source(data_config.source, data_config.format,
+                                              data_config.label_file)
+    if format == "csv":
+        from can_tf.data.csv_dataset import load_csv
+
+        df = load_csv(label_file, class_names, path_column=data_config.path_column,
+                      patient_column=data_config.patient_column, image_root=data_config.image_root)
+    else:
+        from can_tf.data.chestxray14 import load_chestxray14
+
+        if root is None and label_file is None:
+            from can_tf.data.phantom import default_phantom_dir
+
+            root = Path(default_phantom_dir(data_config.phantom_patients,
+                                            data_config.phantom_image_size))
+        df = load_chestxray14(root, label_file=label_file, image_root=data_config.image_root,
+                              class_names=class_names)
+    df.attrs["format"] = format
+    df.attrs.setdefault("data_root", str(root if root is not None else Path(label_file).parent))
+    return apply_filters(df, views=data_config.views, one_per_patient=data_config.one_per_patient), \
+        class_names
+
+
+def apply_filters(df: pd.DataFrame, *, views: Optional[Sequence[str]] = None,
+                  one_per_patient: bool = False) -> pd.DataFrame:
+    """Keeps the requested views, then (optionally) each patient's first image.
+
+    "First" is the smallest image name, which for NIH names (``<patient>_<follow-up>.png``) is the
+    earliest follow-up; sorting makes the choice independent of the label file's row order.
+
+    Example:
+        >>> apply_filters(df, views=["PA"], one_per_patient=True)  # first PA image per patient
+    """
+    attrs = dict(df.attrs)
+    if views:
+        keep = df["view"].isin(list(views)).to_numpy()
+        if not keep.any():
+            counts = df["view"].replace("", "unknown").value_counts().to_dict()
+            raise DataError(f"no image left after data.views={list(views)}: the data has views {counts}")
+        df = df.loc[keep]
+    if one_per_patient:
+        first = df.sort_values(["patient_id", "image_index"], kind="stable").drop_duplicates("patient_id")
+        df = df.loc[df.index.isin(first.index)]
+    df = df.reset_index(drop=True)
+    df.attrs = attrs
+    return df
+
+
+def class_prevalence(df: pd.DataFrame, class_names: Sequence[str]) -> np.ndarray:
+    """Positive fraction per class among the labels that are known (NaN labels are left out).
+
+    A class with no known label gets 0.0 (and a logged warning), so loss weights stay finite.
+
+    Example:
+        >>> df = pd.DataFrame({"A": [1.0, 0.0, np.nan, 1.0], "B": [0.0, 0.0, 0.0, 1.0]})
+        >>> class_prevalence(df, ["A", "B"]).tolist()  # A: 2 of 3 known, B: 1 of 4
+        [0.6666666666666666, 0.25]
+    """
+    missing = [name for name in class_names if name not in df.columns]
+    if missing:
+        raise DataError(f"the data table has no column for class(es) {preview(missing)}")
+    labels = df[list(class_names)].to_numpy(dtype=np.float64)
+    known = (~np.isnan(labels)).sum(axis=0)
+    positives = np.nansum(labels, axis=0)
+    if (known == 0).any():
+        logger.warning("no known label for class(es) %s; their prevalence is taken as 0",
+                       preview(np.asarray(class_names)[known == 0].tolist()))
+    return np.divide(positives, known, out=np.zeros(len(class_names)), where=known > 0)
+
+
+def image_names(path: os.PathLike) -> list:
+    """Reads a list of image names (one per line, blanks skipped), as in NIH's split lists."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    except OSError as e:
+        raise DataError(f"cannot read image list {path}: {e.strerror}") from None

@@ -1,0 +1,81 @@
+"""``can-tf data``: check a data set, or write the built-in phantom data set."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.group("data")
+def data():
+    """Check a data set, or write the built-in phantom data set.
+
+    \b
+    Examples:
+      can-tf data check /data/ChestX-ray14
+      can-tf data synth ./phantom --patients 240 --image-size 128
+    """
+
+
+@data.command("check", short_help="Scan a data set for missing/unreadable images, label problems, leakage.")
+@click.argument("source", type=click.Path(exists=True))
+@click.option("--splits", "split_lists", multiple=True, type=click.Path(exists=True),
+              help="Split list file(s), or a folder of them (e.g. a run's splits/), to check for "
+                   "patients in more than one list. Default: NIH's lists beside the label file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--format", "data_format", type=click.Choice(["auto", "chestxray14", "csv"]), default="auto",
+              show_default=True, help="How to read SOURCE.")
+@click.option("--label-file", type=click.Path(exists=True, dir_okay=False),
+              help="ChestX-ray14 label file, if not the Data_Entry_2017*.csv in SOURCE.")
+@click.option("--image-root", type=click.Path(exists=True, file_okay=False),
+              help="Folder holding the images, if not below SOURCE (CSV: where relative paths start).")
+@click.option("--path-column", default="path", show_default=True, help="CSV mode: the image path column.")
+@click.option("--patient-column", default=None, help="CSV mode: the patient id column.")
+@click.option("--decode", is_flag=True, help="Also decode every image's pixels (slower, more thorough).")
+@click.option("--strict", is_flag=True, help="Exit 1 on warnings too (e.g. listed images not on disk).")
+def check(source, split_lists, as_json, data_format, label_file, image_root, path_column, patient_column,
+          decode, strict):
+    """Scan a data set: missing and unreadable images, label-file problems, class counts, and
+    patients that appear in more than one split list. Exits 1 when problems are found.
+
+    \b
+    Examples:
+      can-tf data check /data/ChestX-ray14
+      can-tf data check /data/ChestX-ray14 --image-root /data/ChestX-ray14/images_001 --json
+      can-tf data check labels.csv --patient-column patient --splits runs/demo/splits
+    """
+    from can_tf.data.check import check_dataset
+    from can_tf.data.errors import DataError
+
+    try:
+        report = check_dataset(source, list(split_lists) or None, format=data_format, label_file=label_file,
+                               image_root=image_root, path_column=path_column,
+                               patient_column=patient_column, decode=decode)
+    except DataError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.summary())
+    if not report.ok or (strict and report.warnings):
+        raise SystemExit(1)
+
+
+@data.command("synth", short_help="Write the built-in phantom data set (NIH layout).")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--patients", default=240, show_default=True, type=click.IntRange(min=1),
+              help="Number of patients (each has one to four images).")
+@click.option("--image-size", default=128, show_default=True, type=click.IntRange(min=16),
+              help="Side of the square PNG images, in pixels.")
+@click.option("--seed", default=0, show_default=True, type=int, help="The same seed writes the same files.")
+def synth(out, patients, image_size, seed):
+    """Write the phantom data set (synthetic radiographs with planted findings) in NIH's layout:
+    images/*.png, Data_Entry_2017.csv, train_val_list.txt, test_list.txt, BBox_List_2017.csv.
+
+    \b
+    Examples:
+      can-tf data synth ./phantom
+      can-tf data synth ./phantom-small --patients 60 --image-size 64 --seed 1
+    """
+    from can_tf.data.phantom import write_phantom
+
+    path = write_phantom(out, num_patients=patients, image_size=image_size, seed=seed)
+    click.echo(f"wrote phantom data set ({patients} patients, {image_size} px, seed {seed}) to {path}")
