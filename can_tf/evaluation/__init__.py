@@ -1,0 +1,64 @@
+"""Evaluation: per-class AUROC/AUPRC, patient-level bootstrap CIs, thresholds and reports.
+
+Pure numpy / scikit-learn / matplotlib; nothing here imports TensorFlow, so a report can be built
+from any model's probabilities.
+
+Example:
+    >>> import numpy as np
+    >>> from can_tf.evaluation import per_class_auroc
+    >>> per_class_auroc(np.array([[1.0], [0.0]]), np.array([[0.9], [0.2]]), ["Edema"])
+    {'Edema': 1.0}
+"""
+
+from can_tf.evaluation.bootstrap import BootstrapResult, Interval, bootstrap_ci, bootstrap_metrics
+from can_tf.evaluation.metrics import (
+    ClassificationMetrics,
+    EvaluationError,
+    check_predictions,
+    check_probabilities,
+    compute_metrics,
+    mean_over_defined,
+    per_class_auprc,
+    per_class_auroc,
+    undefined_reason,
+)
+from can_tf.evaluation.reference_results import (
+    OFFICIAL_SPLIT_MEANS,
+    PER_CLASS_REFERENCES,
+    REFERENCES,
+    ReferenceResult,
+    get_reference,
+)
+from can_tf.evaluation.report import EvaluationReport
+from can_tf.evaluation.thresholds import (
+    Thresholds,
+    choose_thresholds,
+    sensitivity_threshold,
+    youden_threshold,
+)
+
+__all__ = [
+    "BootstrapResult",
+    "ClassificationMetrics",
+    "EvaluationError",
+    "EvaluationReport",
+    "Interval",
+    "OFFICIAL_SPLIT_MEANS",
+    "PER_CLASS_REFERENCES",
+    "REFERENCES",
+    "ReferenceResult",
+    "Thresholds",
+    "bootstrap_ci",
+    "bootstrap_metrics",
+    "check_predictions",
+    "check_probabilities",
+    "choose_thresholds",
+    "compute_metrics",
+    "get_reference",
+    "mean_over_defined",
+    "per_class_auprc",
+    "per_class_auroc",
+    "sensitivity_threshold",
+    "undefined_reason",
+    "youden_threshold",
+]
