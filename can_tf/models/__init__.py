@@ -1,0 +1,137 @@
+"""Models: the backbone registry, the cross-attention layer, CAN and the single-backbone baseline.
+
+All models take float32 images ``(B, S, S, input_channels)`` with values in ``[0, 255]`` and output
+a dict of logits: ``{"fused", "branch_1", "branch_2"}`` for CAN, ``{"fused"}`` for the baseline.
+:func:`inference_model` gives the single-output view (probabilities) used for prediction,
+explanation, export and serving.
+
+Example:
+    >>> import numpy as np
+    >>> from can_tf.config import RunConfig
+    >>> from can_tf.models import build_model, inference_model
+    >>> cfg = RunConfig.from_preset("small")
+    >>> model = build_model(cfg.model, num_classes=cfg.num_classes, image_size=cfg.data.image_size)
+    >>> probabilities = inference_model(model)(np.zeros((2, 64, 64, 1), "float32"))
+    >>> tuple(probabilities.shape)
+    (2, 14)
+"""
+
+from __future__ import annotations
+
+import keras
+
+from can_tf.models.backbones import BACKBONES, build_backbone, load_backbone_weights
+from can_tf.models.baseline import BaselineModel
+from can_tf.models.can_model import CANModel
+from can_tf.models.cross_attention import CrossAttention
+
+__all__ = [
+    "BACKBONES",
+    "BaselineModel",
+    "CANModel",
+    "CrossAttention",
+    "attention_model",
+    "build_backbone",
+    "build_model",
+    "feature_layer_names",
+    "inference_model",
+]
+
+
+def build_model(model_config, num_classes: int, image_size: int) -> keras.Model:
+    """Builds the model a :class:`can_tf.config.ModelConfig` describes, with its backbone weights.
+
+    ``model_config.kind='can'`` gives a :class:`CANModel` over ``model_config.backbones`` (two
+    names), ``'baseline'`` a :class:`BaselineModel` over the one name. ``model_config.weights``
+    (``'imagenet'``, a weights file, or None) is loaded into every backbone; a file that does not
+    fit a backbone raises a ValueError naming both.
+
+    Raises:
+        can_tf.config.ConfigError: a config field is invalid (the message names it).
+
+    Example:
+        >>> from can_tf.config import ModelConfig
+        >>> model = build_model(ModelConfig(kind="baseline", backbones=["tiny"], weights=None),
+        ...                     num_classes=3, image_size=32)
+        >>> sorted(model.output_names)
+        ['fused']
+    """
+    model_config.validate()
+    if model_config.kind == "can":
+        model = CANModel(backbones=list(model_config.backbones), num_classes=num_classes,
+                         image_size=image_size, input_channels=model_config.input_channels,
+                         attention_dim=model_config.attention_dim, dropout=model_config.dropout)
+    else:
+        model = BaselineModel(backbone=model_config.backbones[0], num_classes=num_classes,
+                              image_size=image_size, input_channels=model_config.input_channels,
+                              dropout=model_config.dropout)
+    if model_config.weights is not None:
+        for name, backbone in _backbones(model):
+            load_backbone_weights(backbone, name, model_config.weights)
+    return model
+
+
+def inference_model(model: keras.Model) -> keras.Model:
+    """The single-output view of a CAN or baseline model: image -> probabilities.
+
+    A plain functional `keras.Model` sharing the layers (and so the weights) of ``model``, with one
+    output ``(B, C)`` float32 = ``sigmoid(fused logits)`` from a layer named ``probabilities``.
+    This is what prediction, Grad-CAM, export and serving use; a model that already ends in
+    ``probabilities`` is returned unchanged.
+
+    Example:
+        >>> model = CANModel(backbones=("tiny", "tiny"), num_classes=14, image_size=64)
+        >>> inference_model(model).output_names
+        ['probabilities']
+    """
+    outputs = model.output
+    if not isinstance(outputs, dict):
+        if model.output_names == ["probabilities"]:
+            return model
+        raise ValueError(f"model {model.name!r} must output a dict of logits with a 'fused' entry "
+                         f"(CANModel, BaselineModel), got {outputs!r}")
+    if "fused" not in outputs:
+        raise ValueError(f"model {model.name!r} has no 'fused' output; outputs: {sorted(outputs)}")
+    probabilities = keras.layers.Activation("sigmoid", dtype="float32", name="probabilities")(outputs["fused"])
+    return keras.Model(model.input, probabilities, name=f"{model.name}_inference")
+
+
+def attention_model(model: keras.Model) -> keras.Model:
+    """The cross-attention map of a CAN model: image -> ``(B, h, w, 1)`` float32 in (0, 1).
+
+    ``h x w`` is the first branch's feature grid (7x7 for DenseNet-121 at 224 px). Shares the
+    layers of ``model``.
+
+    Raises:
+        ValueError: ``model`` has no ``cross_attention`` layer (e.g. a baseline).
+    """
+    try:
+        layer = model.get_layer("cross_attention")
+    except ValueError:
+        raise ValueError(f"model {model.name!r} has no cross-attention layer (a baseline has none)") from None
+    attention = keras.layers.Activation("linear", dtype="float32", name="attention_map")(layer.output[2])
+    return keras.Model(model.input, attention, name=f"{model.name}_attention")
+
+
+def feature_layer_names(model: keras.Model) -> list:
+    """Names of the layers whose outputs are the feature maps to explain (Grad-CAM targets).
+
+    CAN: the attended maps ``['branch_1_features', 'branch_2_features']``; baseline:
+    ``['features']``. The same layers exist in :func:`inference_model`'s view. With tf-keras-vis,
+    pass one as ``penultimate_layer`` together with ``seek_penultimate_conv_layer=False`` (the
+    backbones are nested models, which its automatic search cannot reach into).
+    """
+    names = [n for n in ("branch_1_features", "branch_2_features", "features")
+             if any(layer.name == n for layer in model.layers)]
+    if not names:
+        raise ValueError(f"model {model.name!r} has none of the feature layers of a CAN or baseline model")
+    return names
+
+
+def _backbones(model: keras.Model) -> list:
+    """``(registry name, nested backbone model)`` for each branch of a CAN or baseline model."""
+    if isinstance(model, CANModel):
+        return [(name, model.get_layer(f"branch_{i}_backbone")) for i, name in enumerate(model.backbones, 1)]
+    if isinstance(model, BaselineModel):
+        return [(model.backbone, model.get_layer("backbone"))]
+    raise ValueError(f"expected a CANModel or BaselineModel, got {type(model).__name__}")
