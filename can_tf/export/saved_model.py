@@ -1,0 +1,311 @@
+"""SavedModel export for TF Serving: encoded image bytes in, probabilities and logits out.
+
+The export is a ``tf.Module`` (not ``keras.Model.export``, which writes every variable twice) that
+holds the weights the fused output needs exactly once and no optimizer state. Its signatures:
+
+- ``serving_default``: ``image_bytes`` tf.string ``(B,)``, PNG or JPEG of any size, gray or colour,
+  8- or 16-bit. Each image's header is read first and an image whose width x height exceeds
+  ``max_pixels`` is refused with an ``InvalidArgumentError`` ("image too large ...") before anything
+  is decompressed (a decompression bomb is a few KB of PNG that inflates to gigabytes). Decoding,
+  reduction to gray and the antialiased resize are the training pipeline's own function
+  (:func:`can_tf.data.pipeline.decode_and_resize`), traced into the graph.
+- ``serving_images``: ``images`` float32 ``(B, H, W, 1 or 3)`` in [0, 255], any ``H, W``.
+- ``metadata``: no inputs; ``class_names`` ``(C,)``, ``thresholds`` ``(C,)`` (NaN when the run had
+  none), ``image_size`` and ``max_pixels``.
+
+Both image signatures return ``probabilities`` and ``logits`` float32 ``(B, C)``. The export's
+``assets/`` hold ``labels.txt`` (one class a line, output order), ``thresholds.json`` when the run
+has one, and the run's ``config.yaml``.
+
+It is published in TF Serving's layout ``<base>/<name>/<version>/`` only after a fresh Python process
+that does not import can_tf has loaded it and reproduced the Keras model's probabilities on real
+images (:mod:`can_tf.export.verify`).
+
+Example:
+    >>> from can_tf.export import export_saved_model
+    >>> result = export_saved_model("runs/small-1a2b3c4d", "exports/serving/models")  # doctest: +SKIP
+    >>> result.path  # doctest: +SKIP
+    PosixPath('exports/serving/models/can/1')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import tensorflow as tf
+
+from can_tf.export import versioning
+from can_tf.export.source import ExportSource, load_source, sample_images
+from can_tf.export.verify import VerificationError, VerificationReport, verify_saved_model
+from can_tf.export.versioning import ExportError
+
+PathLike = Union[str, os.PathLike]
+
+# 40 megapixels: twice a 4300 x 4300 detector, the largest digital radiographs. The pipeline decodes
+# PNG as uint16 and converts to float32, so an RGBA image at the limit still needs under 1 GB.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOI = b"\xff\xd8\xff"
+
+
+def image_header_size(image_bytes: tf.Tensor) -> tf.Tensor:
+    """``[height, width]`` int64 of one encoded PNG/JPEG, read from its header without decoding.
+
+    PNG: the IHDR chunk, which the format requires first (width and height are big-endian uint32
+    at bytes 16-23). JPEG: the start-of-frame marker, via ``tf.io.extract_jpeg_shape``. Anything
+    else fails an assertion that names the accepted formats.
+    """
+    length = tf.strings.length(image_bytes)
+    is_png = tf.logical_and(length >= 24, tf.equal(tf.strings.substr(image_bytes, 0, 8), _PNG_SIGNATURE))
+    is_jpeg = tf.equal(tf.strings.substr(image_bytes, 0, 3), _JPEG_SOI)
+
+    def png_size():
+        header = tf.cast(tf.io.decode_raw(tf.strings.substr(image_bytes, 16, 8), tf.uint8), tf.int64)
+        width = header[0] * 2**24 + header[1] * 2**16 + header[2] * 2**8 + header[3]
+        height = header[4] * 2**24 + header[5] * 2**16 + header[6] * 2**8 + header[7]
+        return tf.stack([height, width])
+
+    def jpeg_size():
+        return tf.cast(tf.io.extract_jpeg_shape(image_bytes)[:2], tf.int64)
+
+    def unknown():
+        check = tf.debugging.Assert(False, ["image is not a PNG or JPEG file (by its first bytes)"])
+        with tf.control_dependencies([check]):
+            return tf.constant([-1, -1], tf.int64)
+
+    return tf.cond(is_png, png_size, lambda: tf.cond(is_jpeg, jpeg_size, unknown))
+
+
+def guarded_preprocess(image_bytes: tf.Tensor, image_size: int, max_pixels: int) -> tf.Tensor:
+    """One encoded image -> float32 ``(S, S, 1)`` in [0, 255], refusing oversized images undecoded.
+
+    After the size check this is exactly the training pipeline's
+    :func:`can_tf.data.pipeline.decode_and_resize` (decode, gray, antialiased resize, rounding).
+    """
+    from can_tf.data.pipeline import decode_and_resize
+
+    size = image_header_size(image_bytes)
+    pixels = size[0] * size[1]
+    check = tf.debugging.Assert(
+        tf.logical_and(pixels <= max_pixels, tf.reduce_all(size > 0)),
+        ["image too large to decode safely (decompression-bomb guard): its header says height x width =",
+         size[0], "x", size[1], "=", pixels, "pixels; the limit is", tf.constant(max_pixels, tf.int64)],
+        summarize=4,
+    )
+    # The decode must wait for the check: ops without a data dependency may run in any order.
+    with tf.control_dependencies([check]):
+        image_bytes = tf.identity(image_bytes)
+    return tf.cast(decode_and_resize(image_bytes, image_size), tf.float32)
+
+
+def images_to_model_input(images: tf.Tensor, image_size: int) -> tf.Tensor:
+    """float32 ``(B, H, W, 1 or 3)`` in [0, 255] -> ``(B, S, S, 1)`` with the pipeline's gray values.
+
+    The same luminance weights, antialiased bilinear resize and rounding as
+    :func:`can_tf.data.pipeline.decode_and_resize`, applied to pixels that are already decoded;
+    an image already ``S`` x ``S`` with integer values passes through unchanged.
+    """
+    from can_tf.data.pipeline import _LUMA
+
+    images = tf.convert_to_tensor(images, tf.float32)
+    channels = tf.shape(images)[-1]
+    check = tf.debugging.Assert(
+        tf.logical_or(tf.equal(channels, 1), tf.equal(channels, 3)),
+        ["images must have 1 (gray) or 3 (RGB) channels, got", channels],
+    )
+    with tf.control_dependencies([check]):
+        gray = tf.cond(
+            tf.equal(channels, 3),
+            lambda: tf.reduce_sum(images[..., :3] * tf.constant(_LUMA, tf.float32), axis=-1, keepdims=True),
+            lambda: images[..., :1],
+        )
+    gray = tf.ensure_shape(gray, [None, None, None, 1])
+    resized = tf.image.resize(gray, (image_size, image_size), method="bilinear", antialias=True)
+    return tf.clip_by_value(tf.round(resized), 0.0, 255.0)
+
+
+class ServingModule(tf.Module):
+    """The exported object: the fused-logits graph's variables (once) and the serving functions.
+
+    Args:
+        logits_model: a Keras model from images ``(B, S, S, channels)`` to fused logits ``(B, C)``
+            (:meth:`ExportSource.logits_model`).
+        class_names: output order.
+        image_size: ``S``.
+        thresholds: per-class thresholds or None.
+        max_pixels: the decompression-bomb limit of the bytes signature.
+        assets: ``{file name: path}`` of files to carry in the export's ``assets/``.
+
+    Example:
+        >>> module = ServingModule(source.logits_model(), source.class_names, 64)  # doctest: +SKIP
+        >>> tf.saved_model.save(module, "out", signatures=module.signatures())  # doctest: +SKIP
+    """
+
+    def __init__(self, logits_model, class_names, image_size: int, thresholds=None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, assets: Optional[dict] = None):
+        super().__init__(name="can_tf_serving")
+        self.assets = {name: tf.saved_model.Asset(str(path)) for name, path in (assets or {}).items()}
+        num_classes = len(class_names)
+        channels = int(logits_model.inputs[0].shape[-1])
+        thresholds = [float("nan")] * num_classes if thresholds is None else [float(t) for t in thresholds]
+
+        def outputs(model_input):
+            if channels == 3:
+                model_input = tf.repeat(model_input, 3, axis=-1)
+            logits = tf.cast(logits_model(model_input, training=False), tf.float32)
+            return {"probabilities": tf.sigmoid(logits), "logits": logits}
+
+        # autograph=False: the graphs use explicit tf.cond / tf.map_fn, nothing to convert.
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
+                     autograph=False)
+        def serve_bytes(image_bytes):
+            batch = tf.map_fn(
+                lambda b: guarded_preprocess(b, image_size, max_pixels), image_bytes,
+                fn_output_signature=tf.TensorSpec([image_size, image_size, 1], tf.float32),
+            )
+            return outputs(batch)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.float32, name="images")],
+                     autograph=False)
+        def serve_images(images):
+            return outputs(images_to_model_input(images, image_size))
+
+        @tf.function(input_signature=[], autograph=False)
+        def metadata():
+            return {
+                "class_names": tf.constant(list(class_names), tf.string),
+                "thresholds": tf.constant(thresholds, tf.float32),
+                "image_size": tf.constant(image_size, tf.int32),
+                "max_pixels": tf.constant(max_pixels, tf.int64),
+            }
+
+        self.serve_bytes, self.serve_images, self.metadata = serve_bytes, serve_images, metadata
+        # The only tracked state: the tf.Variables the traced functions read, each once. Tracking
+        # these (not the Keras variable wrappers, and not the Keras model, which stays a closure)
+        # saves nothing else of the model (optimizer, metrics, seed states), and lets TF1's session
+        # loader - the one TF Serving uses - bind every captured variable to its restored value.
+        used = {}
+        for function in (serve_bytes, serve_images):
+            for variable in function.get_concrete_function().variables:
+                used.setdefault(id(variable), variable)
+        self.model_variables = list(used.values())
+
+    def signatures(self) -> dict:
+        return {"serving_default": self.serve_bytes, "serving_images": self.serve_images,
+                "metadata": self.metadata}
+
+
+@dataclasses.dataclass
+class SavedModelExport:
+    """Where an export went and how it compared with the Keras model."""
+
+    path: Path
+    version: int
+    verification: VerificationReport
+
+    def summary(self) -> str:
+        return f"SavedModel version {self.version} at {self.path}\n{self.verification.summary()}"
+
+
+def export_saved_model(
+    source: Union[PathLike, ExportSource],
+    base_dir: PathLike,
+    name: str = "can",
+    version: Optional[int] = None,
+    images=None,
+    *,
+    num_images: int = 8,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    atol: float = 1e-4,
+) -> SavedModelExport:
+    """Exports, verifies in a fresh process and publishes ``<base_dir>/<name>/<version>/``.
+
+    Args:
+        source: a run directory, a ``.keras`` file, or an :class:`ExportSource`.
+        base_dir: TF Serving's model base path (the folder holding one folder per model name).
+        name: the model name (its folder; the ``<name>`` in ``/v1/models/<name>:predict``).
+        version: a positive integer; default: one more than the highest existing version.
+        images: real images to verify on (folder, image, ``.txt`` list or list of paths);
+            default: ``num_images`` from the run's training split.
+        max_pixels: images whose header claims more pixels are refused by ``serving_default``.
+        atol: largest accepted absolute difference from the Keras model's probabilities.
+
+    Returns:
+        A :class:`SavedModelExport`.
+
+    Raises:
+        ExportError: the version exists, the images cannot be read, or verification failed; the
+            staging folder is removed first, so nothing half-written is left.
+
+    Example:
+        >>> export_saved_model("runs/small-1a2b3c4d", "exports/serving/models", name="can")  # doctest: +SKIP
+    """
+    if not name or "/" in name or name.startswith("."):
+        raise ExportError(f"--name must be a plain folder name, got {name!r}")
+    if not isinstance(source, ExportSource):
+        source = load_source(source)
+    model_dir = Path(base_dir) / name
+    version = versioning.next_version(model_dir) if version is None else version
+    versioning.check_version_free(model_dir, version)
+    samples = sample_images(source, images, limit=num_images)
+    expected = source.probabilities(_as_model_input(samples.images, source.input_channels))
+
+    staging = versioning.staging_dir(model_dir, version)
+    try:
+        with tempfile.TemporaryDirectory() as asset_dir:
+            module = ServingModule(
+                source.logits_model(), source.class_names, source.image_size, source.thresholds,
+                max_pixels=max_pixels, assets=_write_assets(source, Path(asset_dir)),
+            )
+            tf.saved_model.save(module, str(staging), signatures=module.signatures())
+        report = verify_saved_model(
+            staging, samples.paths, samples.images, expected, class_names=source.class_names,
+            num_weights=source.num_weights, atol=atol,
+        )
+        path = versioning.publish_dir(staging, model_dir, version)
+    except VerificationError as e:
+        versioning.discard(staging)
+        _remove_if_empty(model_dir)
+        raise ExportError(f"the export was not published (nothing was left behind): {e}") from None
+    except BaseException:
+        versioning.discard(staging)
+        _remove_if_empty(model_dir)
+        raise
+    return SavedModelExport(path=path, version=version, verification=report)
+
+
+def _as_model_input(images, channels: int):
+    return np.repeat(images, 3, axis=-1) if channels == 3 else images
+
+
+def _write_assets(source: ExportSource, folder: Path) -> dict:
+    assets = {"labels": folder / "labels.txt"}
+    assets["labels"].write_text("".join(f"{n}\n" for n in source.class_names), encoding="utf-8")
+    if source.thresholds_path is not None:
+        assets["thresholds"] = folder / "thresholds.json"
+        shutil.copyfile(source.thresholds_path, assets["thresholds"])
+    elif source.thresholds is not None:
+        assets["thresholds"] = folder / "thresholds.json"
+        assets["thresholds"].write_text(json.dumps(
+            {"class_names": source.class_names, "thresholds": dict(zip(source.class_names, source.thresholds)),
+             "rule": "finding when probability >= threshold"}, indent=2))
+    if source.config_path is not None:
+        assets["config"] = folder / "config.yaml"
+        shutil.copyfile(source.config_path, assets["config"])
+    return assets
+
+
+def _remove_if_empty(folder: Path) -> None:
+    # A failed first export of a model name leaves no empty <name>/ folder behind either.
+    try:
+        folder.rmdir()
+    except OSError:
+        pass

@@ -1,0 +1,296 @@
+"""What an export starts from: a trained model with its class names, input size and thresholds.
+
+:func:`load_source` accepts a run directory (``best.keras`` + ``config.yaml`` + ``thresholds.json``
+if present) or a ``.keras`` file (a run's ``config.yaml`` beside it is used when there is one);
+:meth:`ExportSource.from_model` wraps a model already in memory. :func:`sample_images` finds the real
+images every export is checked (and int8 TFLite calibrated) on: the given files, or the run's own
+training split.
+
+Example:
+    >>> from can_tf.export.source import load_source, sample_images
+    >>> source = load_source("runs/small-1a2b3c4d")  # doctest: +SKIP
+    >>> source.class_names[:2], source.image_size  # doctest: +SKIP
+    (['Atelectasis', 'Cardiomegaly'], 64)
+    >>> batch = sample_images(source, limit=4)  # doctest: +SKIP
+    >>> batch.images.shape  # doctest: +SKIP
+    (4, 64, 64, 1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from can_tf.export.versioning import ExportError
+
+PathLike = Union[str, os.PathLike]
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+@dataclasses.dataclass
+class ExportSource:
+    """A model to export and what travels with it.
+
+    Attributes:
+        model: the Keras model as trained (dict of logits with a ``"fused"`` entry) or an inference
+            model (one probabilities output from a sigmoid layer).
+        class_names: output order of the model.
+        image_size: the square input size ``S`` of the model (it takes ``(B, S, S, channels)``).
+        thresholds: per-class decision thresholds in ``class_names`` order, or None.
+        thresholds_path: the ``thresholds.json`` they came from (copied into exports as is).
+        config_path: the run's ``config.yaml``, copied into SavedModel exports when known.
+        run_dir: the run directory, when the model came from one (its split gives sample images).
+    """
+
+    model: object
+    class_names: list
+    image_size: int
+    thresholds: Optional[list] = None
+    thresholds_path: Optional[Path] = None
+    config_path: Optional[Path] = None
+    run_dir: Optional[Path] = None
+    model_path: Optional[Path] = None
+
+    @classmethod
+    def from_model(cls, model, class_names: Optional[Sequence[str]] = None, thresholds=None) -> "ExportSource":
+        """Wraps a model in memory; the input size is read from the model's input shape."""
+        from can_tf.labels import CLASS_NAMES
+
+        image_size = model.inputs[0].shape[1]
+        if not image_size or model.inputs[0].shape[2] != image_size:
+            raise ExportError(f"the model's input must be square with a fixed size, got {model.inputs[0].shape}")
+        return cls(model=model, class_names=list(class_names or CLASS_NAMES), image_size=int(image_size),
+                   thresholds=None if thresholds is None else [float(t) for t in thresholds])
+
+    @property
+    def input_channels(self) -> int:
+        return int(self.model.inputs[0].shape[-1])
+
+    @property
+    def num_weights(self) -> int:
+        """Scalars in the weights the exported graph needs (what a correct export must hold once)."""
+        return int(sum(np.prod(v.shape) for v in self.logits_model().weights))
+
+    def logits_model(self):
+        """A single-output Keras view: input image -> fused logits ``(B, C)`` (float32).
+
+        It shares the trained layers (and variables); only the layers the fused output needs are in
+        it, so the branch heads used only by the training loss are not exported.
+        """
+        if getattr(self, "_logits_model", None) is None:
+            self._logits_model = _logits_view(self.model)
+            width = self._logits_model.outputs[0].shape[-1]
+            if width != len(self.class_names):
+                raise ExportError(
+                    f"the model has {width} outputs but {len(self.class_names)} class names "
+                    f"({', '.join(self.class_names)})"
+                )
+        return self._logits_model
+
+    def probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """The Keras model's probabilities for float32 ``(N, S, S, channels)`` images in [0, 255].
+
+        This is the reference every export is compared with: ``can_tf.models.inference_model``
+        when the model is a training model, the model itself when it already is one.
+        """
+        import keras
+        import tensorflow as tf
+
+        if getattr(self, "_reference", None) is None:
+            from can_tf.models import inference_model
+
+            self._reference = inference_model(self.model)
+        reference = self._reference
+        # Full float32 maths: on a GPU, TensorFloat-32 alone would move probabilities by ~1e-3.
+        tf32 = tf.config.experimental.tensor_float_32_execution_enabled()
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+        try:
+            outputs = [keras.ops.convert_to_numpy(reference(images[i:i + batch_size], training=False))
+                       for i in range(0, len(images), batch_size)]
+        finally:
+            tf.config.experimental.enable_tensor_float_32_execution(tf32)
+        return np.concatenate(outputs).astype(np.float32)
+
+
+def _logits_view(model):
+    import keras
+
+    output = model.output
+    if isinstance(output, dict):
+        if "fused" not in output:
+            raise ExportError(f"the model's outputs {sorted(output)} have no 'fused' entry")
+        logits = output["fused"]
+    else:
+        # An inference model: its probabilities come from a sigmoid; export the tensor before it.
+        layer = output._keras_history.operation if hasattr(output, "_keras_history") else None
+        activation = getattr(layer, "activation", None)
+        if layer is None or getattr(activation, "__name__", "") != "sigmoid":
+            raise ExportError(
+                "cannot find the logits of this model: expected a dict output with 'fused' logits "
+                "(a can-tf training model) or a final sigmoid layer (can_tf.models.inference_model)"
+            )
+        if isinstance(layer, keras.layers.Activation):
+            logits = layer.input
+        else:
+            raise ExportError(
+                f"the model's last layer {layer.name!r} applies the sigmoid itself; export the "
+                f"training model (best.keras) so that logits are available"
+            )
+    return keras.Model(model.inputs, logits, name="fused_logits")
+
+
+def load_source(path: PathLike) -> ExportSource:
+    """Loads a run directory or a ``.keras`` file for export.
+
+    Raises:
+        ExportError: naming the path when it is neither, or what is missing or unreadable.
+    """
+    path = Path(path)
+    if path.is_dir():
+        run_dir, model_path = path, path / "best.keras"
+        if not model_path.is_file():
+            raise ExportError(f"{path} is a folder without best.keras; give a run directory or a .keras file")
+    elif path.is_file() and path.suffix == ".keras":
+        model_path = path
+        run_dir = path.parent if (path.parent / "config.yaml").is_file() else None
+    elif not path.exists():
+        raise ExportError(f"{path} does not exist; give a run directory or a .keras file")
+    else:
+        raise ExportError(f"{path} is not a run directory or a .keras file")
+    model = load_keras_model(model_path)
+    source = ExportSource.from_model(model)
+    source.model_path = model_path
+    if run_dir is not None:
+        from can_tf.config import ConfigError, RunConfig
+
+        config_path = run_dir / "config.yaml"
+        try:
+            config = RunConfig.from_file(str(config_path))
+        except ConfigError as e:
+            raise ExportError(f"cannot read the run's config {config_path}: {e}") from None
+        source.run_dir, source.config_path = run_dir, config_path
+        source.class_names = list(config.data.class_names)
+        if config.data.image_size != source.image_size:
+            raise ExportError(
+                f"{config_path} says data.image_size={config.data.image_size} but {model_path} takes "
+                f"{source.image_size} px images"
+            )
+        thresholds_path = run_dir / "thresholds.json"
+        if thresholds_path.is_file():
+            from can_tf.evaluation.thresholds import Thresholds
+
+            try:
+                thresholds = Thresholds.from_json(thresholds_path, class_names=source.class_names)
+            except ValueError as e:
+                raise ExportError(f"cannot use {thresholds_path}: {e}") from None
+            source.thresholds = [float(v) for v in thresholds.values]
+            source.thresholds_path = thresholds_path
+    source.logits_model()  # checks the outputs against the class names now, not mid-export
+    return source
+
+
+def load_keras_model(path: PathLike):
+    """Loads a ``.keras`` file with can-tf's custom layers registered, without compiling it."""
+    import keras
+
+    import can_tf.models  # noqa: F401  registers the custom layers and models for deserialisation
+
+    try:
+        return keras.saving.load_model(str(path), compile=False)
+    except Exception as e:  # Keras raises ValueError, TypeError, OSError, zipfile errors...
+        raise ExportError(f"cannot load the Keras model {path}: {type(e).__name__}: {e}") from None
+
+
+@dataclasses.dataclass
+class SampleImages:
+    """Real images for checking and calibrating an export.
+
+    Attributes:
+        paths: the image files.
+        images: float32 ``(N, S, S, 1)`` in [0, 255], preprocessed exactly as the training
+            pipeline does it (and as the SavedModel's bytes signature does it).
+    """
+
+    paths: list
+    images: np.ndarray
+
+
+def image_paths(spec: Union[PathLike, Sequence[PathLike]]) -> list:
+    """Image files from a folder (recursively, sorted), one image, a ``.txt`` list, or a list.
+
+    Raises:
+        ExportError: naming the path when it holds no PNG/JPEG images or does not exist.
+    """
+    if isinstance(spec, (list, tuple)):
+        return [Path(p) for p in spec]
+    spec = Path(spec)
+    if spec.is_dir():
+        found = sorted(p for p in spec.rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+        if not found:
+            raise ExportError(f"{spec} holds no PNG/JPEG images")
+        return found
+    if spec.is_file() and spec.suffix.lower() == ".txt":
+        lines = [line.strip() for line in spec.read_text().splitlines() if line.strip()]
+        return [Path(p) if Path(p).is_absolute() else spec.parent / p for p in lines]
+    if spec.is_file():
+        return [spec]
+    raise ExportError(f"image source {spec} does not exist (give a folder, an image or a .txt list)")
+
+
+def sample_images(source: ExportSource, images=None, *, limit: int = 8, split: str = "train") -> SampleImages:
+    """Loads up to ``limit`` real images: ``images`` if given, else the run's ``split``.
+
+    Raises:
+        ExportError: when no images are given and the model did not come from a run directory, or
+            when an image cannot be read (naming it).
+    """
+    if images is not None:
+        paths = image_paths(images)
+    elif source.run_dir is not None:
+        paths = _run_split_paths(source, split)
+    else:
+        raise ExportError(
+            "no images to check the export on: the model did not come from a run directory, so give "
+            "some with --calibration-data (a folder, an image or a .txt list)"
+        )
+    paths = paths[:limit]
+    if not paths:
+        raise ExportError("no images to check the export on")
+    return SampleImages(paths=paths, images=preprocess_files(paths, source.image_size))
+
+
+def _run_split_paths(source: ExportSource, split: str) -> list:
+    from can_tf.config import RunConfig
+    from can_tf.data.splits import read_splits
+    from can_tf.data.table import load_table
+
+    try:
+        config = RunConfig.from_file(str(source.config_path))
+        df, _ = load_table(config.data)
+        frame = read_splits(source.run_dir / "splits", df)[split]
+    except Exception as e:  # data errors name their file; keep that message
+        raise ExportError(
+            f"cannot read the {split} images of run {source.run_dir} ({type(e).__name__}: {e}); "
+            f"give images with --calibration-data"
+        ) from None
+    return [Path(p) for p in frame["path"]]
+
+
+def preprocess_files(paths: Sequence[PathLike], image_size: int) -> np.ndarray:
+    """Encoded image files -> float32 ``(N, S, S, 1)`` through the training pipeline's own function."""
+    import tensorflow as tf
+
+    from can_tf.data.pipeline import load_image
+
+    out = []
+    for path in paths:
+        try:
+            out.append(load_image(path, image_size))
+        except tf.errors.OpError as e:
+            raise ExportError(f"cannot read image {path}: {e.message.strip().splitlines()[0]}") from None
+    return np.stack(out).astype(np.float32)

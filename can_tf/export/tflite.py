@@ -1,0 +1,261 @@
+"""TFLite / LiteRT export for phones and edge devices, builtin ops only.
+
+The converted graph is image ``(1, S, S, 1)`` -> ``probabilities`` ``(1, C)`` (sigmoid of the fused
+logits). The input is float32 pixels in [0, 255], or with ``uint8_input=True`` the uint8 pixels a
+camera or PNG decoder gives (the model casts them). Quantisation modes:
+
+- ``none``: float32 weights and maths; matches Keras to ~1e-6.
+- ``float16``: float16 weights (half the size), float32 maths.
+- ``dynamic``: int8 weights, activations quantised on the fly (~4x smaller, fastest on CPU).
+- ``int8``: full integer model, calibrated on real training images (``TFLITE_BUILTINS_INT8``);
+  input and output stay float32 (or uint8 input) with the (de)quantisation inside the model.
+
+Conversion is restricted to TFLite's builtin ops, so it fails instead of producing a model that
+needs the Flex delegate (absent on most phones); the result is also checked for Flex/custom ops by
+loading it in ``ai_edge_litert``. Before the file is published it is run in ``ai_edge_litert`` on
+real images and compared with the Keras model (float32 within 1e-4, float16 within 1e-2, the
+int8 variants within a loose bound, their error reported). Beside the ``.tflite`` go
+``labels.txt``, ``thresholds.json`` (when the run has thresholds) and ``<file stem>.json`` with the
+input size, dtype and scaling.
+
+Example:
+    >>> from can_tf.export import export_tflite
+    >>> result = export_tflite("runs/small-1a2b3c4d", "exports/tflite/models", quantize="int8")  # doctest: +SKIP
+    >>> result.path.name, result.max_abs_error < 0.1  # doctest: +SKIP
+    ('can_int8.tflite', True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from can_tf.export import versioning
+from can_tf.export.source import ExportSource, load_source, sample_images
+from can_tf.export.versioning import ExportError
+
+PathLike = Union[str, os.PathLike]
+
+QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")
+# Largest accepted |p_tflite - p_keras|. The int8 bounds are loose on purpose (quantisation error
+# depends on the model), but a broken conversion (wrong scaling, unfolded layers) is far off.
+TOLERANCES = {"none": 1e-4, "float16": 1e-2, "dynamic": 0.15, "int8": 0.15}
+
+
+def convert_tflite(source: ExportSource, quantize: str = "none", uint8_input: bool = False,
+                   calibration: Optional[np.ndarray] = None) -> bytes:
+    """Converts the model to a TFLite flatbuffer (builtin ops only).
+
+    Args:
+        source: the model to convert.
+        quantize: one of ``none``, ``float16``, ``dynamic``, ``int8``.
+        uint8_input: the model takes uint8 pixels instead of float32.
+        calibration: float32 ``(N, S, S, 1)`` real images in [0, 255]; required for ``int8``.
+
+    Raises:
+        ExportError: an unknown mode, missing calibration images, or a model that would need ops
+            outside TFLite's builtin set.
+    """
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    if quantize not in QUANTIZE_MODES:
+        raise ExportError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}; got {quantize!r}")
+    size, channels = source.image_size, source.input_channels
+    logits_model = source.logits_model()
+    dtype = tf.uint8 if uint8_input else tf.float32
+
+    @tf.function(input_signature=[tf.TensorSpec([1, size, size, 1], dtype, name="image")], autograph=False)
+    def serve(image):
+        x = tf.cast(image, tf.float32)
+        if channels == 3:
+            x = tf.repeat(x, 3, axis=-1)
+        return {"probabilities": tf.sigmoid(tf.cast(logits_model(x, training=False), tf.float32))}
+
+    # Freezing first: converting Keras 3 variables as resource variables leaves READ_VARIABLE ops
+    # that full-int8 calibration cannot run (and the float model reads uninitialised values).
+    frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], logits_model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantize != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "int8":
+        if calibration is None or not len(calibration):
+            raise ExportError("--quantize int8 needs real calibration images "
+                              "(the run's train split or --calibration-data)")
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        samples = _as_input(calibration, uint8_input)
+        converter.representative_dataset = lambda: ([samples[i:i + 1]] for i in range(len(samples)))
+    try:
+        return converter.convert()
+    except Exception as e:  # the converter raises ConverterError and a few others
+        raise ExportError(f"TFLite conversion ({quantize}) failed with builtin ops only: {e}") from None
+
+
+def tflite_ops(model: Union[bytes, PathLike]) -> list:
+    """The sorted op names a TFLite model runs (``DELEGATE`` excluded: that is the CPU delegate)."""
+    interpreter = _interpreter(model)
+    return sorted({op["op_name"] for op in interpreter._get_ops_details()} - {"DELEGATE"})
+
+
+def flex_ops(model: Union[bytes, PathLike]) -> list:
+    """The ops of ``model`` that are not TFLite builtins (Flex delegate or custom ops)."""
+    from ai_edge_litert import schema_py_generated as schema  # noqa: F401  only to know builtins
+
+    builtin = {name for name in dir(schema.BuiltinOperator) if name.isupper()}
+    return [op for op in tflite_ops(model) if op.startswith("Flex") or op not in builtin]
+
+
+def run_tflite(model: Union[bytes, PathLike], images: np.ndarray) -> np.ndarray:
+    """Runs a TFLite model one image at a time; ``images`` float32 ``(N, S, S, 1)`` in [0, 255]."""
+    interpreter = _interpreter(model)
+    interpreter.allocate_tensors()
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    images = _as_input(images, inp["dtype"] == np.uint8)
+    results = []
+    for image in images:
+        interpreter.set_tensor(inp["index"], image[None])
+        interpreter.invoke()
+        results.append(interpreter.get_tensor(out["index"])[0].astype(np.float32))
+    return np.stack(results)
+
+
+def _interpreter(model):
+    from ai_edge_litert.interpreter import Interpreter
+
+    if isinstance(model, (bytes, bytearray)):
+        return Interpreter(model_content=bytes(model))
+    return Interpreter(model_path=str(model))
+
+
+def _as_input(images: np.ndarray, uint8: bool) -> np.ndarray:
+    # uint8 models see the pixels rounded to integers; the Keras reference is given the same.
+    images = np.asarray(images, np.float32)
+    return np.clip(np.round(images), 0, 255).astype(np.uint8) if uint8 else images
+
+
+@dataclasses.dataclass
+class TFLiteExport:
+    """A published ``.tflite`` file and how it compared with the Keras model."""
+
+    path: Path
+    quantize: str
+    uint8_input: bool
+    size_bytes: int
+    max_abs_error: float
+    tolerance: float
+    num_images: int
+    ops: list
+
+    def summary(self) -> str:
+        return (f"{self.path} ({self.size_bytes / 1e6:.2f} MB, quantize={self.quantize}, "
+                f"input {'uint8' if self.uint8_input else 'float32'}): max |p - p_keras| = "
+                f"{self.max_abs_error:.2e} on {self.num_images} real images (allowed {self.tolerance:g}); "
+                f"ops: {', '.join(self.ops)}")
+
+
+def export_tflite(
+    source: Union[PathLike, ExportSource],
+    out_dir: PathLike,
+    name: str = "can",
+    quantize: str = "none",
+    uint8_input: bool = False,
+    images=None,
+    *,
+    num_calibration: int = 100,
+    num_verify: int = 8,
+    overwrite: bool = False,
+    tolerance: Optional[float] = None,
+) -> TFLiteExport:
+    """Converts, checks and publishes ``<out_dir>/<name>_<quantize>[_uint8].tflite``.
+
+    Args:
+        source: a run directory, a ``.keras`` file, or an :class:`ExportSource`.
+        out_dir: folder for the ``.tflite`` and its ``labels.txt``, ``thresholds.json``, ``.json``.
+        name: file name stem.
+        quantize: ``none``, ``float16``, ``dynamic`` or ``int8``.
+        uint8_input: the model takes uint8 pixels ``(1, S, S, 1)``.
+        images: real images (folder, image, ``.txt`` list or list of paths) for calibration and
+            checking; default: the run's training split.
+        num_calibration: images used to calibrate ``int8``.
+        num_verify: images the result is compared with Keras on.
+        overwrite: replace existing files; without it an existing ``.tflite`` is an error.
+        tolerance: allowed max absolute error; default from :data:`TOLERANCES`.
+
+    Raises:
+        ExportError: the file exists, conversion needs non-builtin ops, or the check failed; no
+            file is left behind then.
+
+    Example:
+        >>> export_tflite("runs/small-1a2b3c4d", "out", quantize="float16")  # doctest: +SKIP
+    """
+    if quantize not in QUANTIZE_MODES:
+        raise ExportError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}; got {quantize!r}")
+    if not isinstance(source, ExportSource):
+        source = load_source(source)
+    out_dir = Path(out_dir)
+    stem = f"{name}_{quantize}{'_uint8' if uint8_input else ''}"
+    target = out_dir / f"{stem}.tflite"
+    if target.exists() and not overwrite:
+        raise ExportError(f"{target} already exists; pass --overwrite to replace it")
+    samples = sample_images(source, images, limit=max(num_calibration, num_verify))
+    check_images = _as_input(samples.images[:num_verify], uint8_input).astype(np.float32)
+    expected = source.probabilities(np.repeat(check_images, 3, -1) if source.input_channels == 3 else check_images)
+
+    model = convert_tflite(source, quantize, uint8_input, calibration=samples.images[:num_calibration])
+    bad = flex_ops(model)
+    if bad:
+        raise ExportError(f"the converted model needs ops outside TFLite's builtin set: {bad}")
+    actual = run_tflite(model, check_images)
+    error = float(np.max(np.abs(actual - expected)))
+    tolerance = TOLERANCES[quantize] if tolerance is None else tolerance
+    if not error <= tolerance:
+        raise ExportError(
+            f"the {quantize} TFLite model differs from the Keras model by up to {error:.3g} "
+            f"(allowed {tolerance:g}) on {len(check_images)} real images; nothing was written"
+        )
+
+    tmp = versioning.temp_file_beside(target)
+    try:
+        tmp.write_bytes(model)
+        _write_companions(source, out_dir, stem, quantize, uint8_input, overwrite)
+        versioning.publish_file(tmp, target, overwrite=overwrite)
+    except BaseException:
+        versioning.discard(tmp)
+        raise
+    return TFLiteExport(path=target, quantize=quantize, uint8_input=uint8_input, size_bytes=len(model),
+                        max_abs_error=error, tolerance=tolerance, num_images=len(check_images),
+                        ops=tflite_ops(model))
+
+
+def _write_companions(source, out_dir, stem, quantize, uint8_input, overwrite) -> None:
+    versioning.write_file_atomic(out_dir / "labels.txt", "".join(f"{n}\n" for n in source.class_names),
+                                 overwrite=overwrite)
+    if source.thresholds is not None:
+        thresholds = {"class_names": source.class_names,
+                      "thresholds": dict(zip(source.class_names, source.thresholds)),
+                      "rule": "finding when probability >= threshold"}
+        if source.thresholds_path is not None:
+            thresholds = json.loads(Path(source.thresholds_path).read_text())
+        versioning.write_file_atomic(out_dir / "thresholds.json", json.dumps(thresholds, indent=2) + "\n",
+                                     overwrite=overwrite)
+    metadata = {
+        "model_file": f"{stem}.tflite",
+        "input": {"shape": [1, source.image_size, source.image_size, 1],
+                  "dtype": "uint8" if uint8_input else "float32", "channels": 1, "color": "grayscale",
+                  "scaling": "raw pixel values 0-255 (the model normalises internally)",
+                  "resize": "antialiased bilinear to the input size"},
+        "output": {"name": "probabilities", "shape": [1, len(source.class_names)], "activation": "sigmoid"},
+        "quantize": quantize,
+        "labels": "labels.txt",
+        "thresholds": "thresholds.json" if source.thresholds is not None else None,
+    }
+    versioning.write_file_atomic(out_dir / f"{stem}.json", json.dumps(metadata, indent=2) + "\n",
+                                 overwrite=True)
