@@ -1,0 +1,232 @@
+"""Evaluating a saved model end to end: data, split, predictions, report, thresholds.
+
+:func:`evaluate_model` is what ``can-tf evaluate`` runs. Given a run directory it needs nothing
+else: the run's ``config.yaml`` names the data and the split files under ``splits/`` say which
+images are test and validation images. Any other model format (``.keras``, SavedModel, TFLite) is
+evaluated through :class:`can_tf.predictor.Predictor` on ``data``, so an export can be checked on
+exactly the numbers its run reported.
+
+Images reach the model through the training pipeline (:func:`can_tf.data.pipeline.make_dataset`
+with ``training=False``), so evaluation sees the same pixels as training did.
+
+Per-class thresholds (Youden's J or a target sensitivity) are chosen on the **validation** split,
+never on the split being reported, and saved as ``thresholds.json`` into the run directory (or
+beside a ``.keras`` file), where ``predict`` and ``export`` pick them up.
+
+Example:
+    >>> from can_tf.evaluation.model_evaluation import evaluate_model
+    >>> result = evaluate_model("runs/small-1a2b3c4d", n_boot=200)  # doctest: +SKIP
+    >>> result.report.metrics.mean_auroc, result.thresholds_path  # doctest: +SKIP
+    (0.93, PosixPath('runs/small-1a2b3c4d/thresholds.json'))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from can_tf.evaluation.metrics import EvaluationError
+
+SPLITS = ("test", "val", "train", "all")
+PathLike = Union[str, os.PathLike]
+
+
+def parse_threshold_method(text: str) -> tuple:
+    """``"youden"`` / ``"sensitivity:0.9"`` / ``"none"`` -> ``(method or None, target)``.
+
+    Example:
+        >>> parse_threshold_method("sensitivity:0.95")
+        ('sensitivity', 0.95)
+    """
+    text = (text or "none").strip().lower()
+    if text == "none":
+        return None, None
+    if text == "youden":
+        return "youden", None
+    if text.startswith("sensitivity"):
+        _, _, value = text.partition(":")
+        try:
+            target = float(value) if value else 0.9
+        except ValueError:
+            target = float("nan")
+        if not 0.0 < target <= 1.0:
+            raise EvaluationError(f"--thresholds {text!r}: the target sensitivity must be a number in (0, 1], "
+                                  f"e.g. sensitivity:0.9")
+        return "sensitivity", target
+    raise EvaluationError(f"--thresholds must be youden, sensitivity:<target> or none; got {text!r}")
+
+
+@dataclasses.dataclass
+class ModelEvaluation:
+    """What :func:`evaluate_model` produced."""
+
+    report: object  # can_tf.evaluation.report.EvaluationReport
+    files: dict  # kind -> path of the report files written
+    split: str
+    num_images: int
+    thresholds: Optional[object] = None  # Thresholds chosen on the validation split
+    thresholds_path: Optional[Path] = None
+    notes: list = dataclasses.field(default_factory=list)
+
+
+def predict_table(predictor, df, class_names: Sequence[str], batch_size: int = 32,
+                  on_batch: Optional[Callable[[int], None]] = None) -> tuple:
+    """``(labels (N, C), probabilities (N, C))`` for the rows of ``df``, in row order, through the
+    training pipeline's evaluation path."""
+    from can_tf.data.pipeline import make_dataset
+
+    dataset = make_dataset(df, list(class_names), predictor.image_size, batch_size, training=False,
+                           deterministic=True)
+    labels, probs = [], []
+    for images, y in dataset:
+        probs.append(predictor.predict(images.numpy()))
+        labels.append(y.numpy())
+        if on_batch is not None:
+            on_batch(len(y))
+    if not probs:
+        raise EvaluationError("no images to evaluate")
+    return np.concatenate(labels), np.concatenate(probs)
+
+
+def evaluate_model(
+    model: PathLike,
+    *,
+    data: Optional[str] = None,
+    split: Optional[str] = None,
+    n_boot: int = 1000,
+    out_dir: Optional[PathLike] = None,
+    references=(),
+    thresholds: str = "youden",
+    batch_size: int = 32,
+    seed: int = 0,
+    on_batch: Optional[Callable[[int], None]] = None,
+) -> ModelEvaluation:
+    """Evaluates ``model`` and writes the report (Markdown, CSV, JSON, ROC PNG).
+
+    Args:
+        model: a run directory, ``.keras`` file, SavedModel folder or ``.tflite`` file.
+        data: a data source (as ``data.source`` of the config); default: the run's own data.
+            Required when ``model`` is not inside a run directory.
+        split: ``test``, ``val``, ``train`` or ``all``; default ``test`` on the run's own data and
+            ``all`` on other data (an external test set).
+        n_boot: patient-bootstrap replicates for the confidence intervals.
+        out_dir: report folder; default ``<run>/eval/<split>`` for a run, else
+            ``eval-<model name>-<split>``.
+        references: published results to show beside ours (see :class:`EvaluationReport`).
+        thresholds: ``youden``, ``sensitivity:<target>`` or ``none``; chosen on the val split.
+        batch_size: images per forward pass.
+        on_batch: progress callback, called with the number of images of each batch.
+    """
+    from can_tf.config import RunConfig
+    from can_tf.data.splits import make_splits, read_splits
+    from can_tf.data.table import load_table
+    from can_tf.evaluation.report import EvaluationReport
+    from can_tf.evaluation.thresholds import choose_thresholds
+    from can_tf.predictor import CONFIG_FILE, Predictor, find_metadata, model_format, read_run_config
+
+    method, target = parse_threshold_method(thresholds)
+    if split is not None and split not in SPLITS:
+        raise EvaluationError(f"--split must be one of {', '.join(SPLITS)}; got {split!r}")
+    model = Path(model)
+    fmt = model_format(model)
+    run_dir = model if fmt == "run" else (model.parent if fmt == "keras" and (model.parent / "splits").is_dir()
+                                          and (model.parent / CONFIG_FILE).is_file() else None)
+    config_path = find_metadata(model, CONFIG_FILE)
+    if config_path is not None:
+        config = read_run_config(config_path)
+    elif data is None:
+        raise EvaluationError(f"{model} carries no {CONFIG_FILE} naming its data; give --data")
+    else:
+        config = RunConfig.from_preset("small")
+    predictor = Predictor.load(model, use_thresholds=False)
+
+    own_data = data is None or (config.data.source is not None and
+                                os.path.abspath(data) == os.path.abspath(config.data.source))
+    if data is not None:
+        config.data.source, config.data.format, config.data.label_file = data, "auto", None
+        config.data.split_dir = None
+    config.data.image_size = predictor.image_size
+    split = split or ("test" if own_data else "all")
+    notes = []
+
+    df, class_names = load_table(config.data)
+    if list(class_names) != list(predictor.class_names):
+        raise EvaluationError(f"the data's classes {class_names} differ from the model's {predictor.class_names}")
+    if own_data and run_dir is not None and (run_dir / "splits").is_dir():
+        splits = read_splits(run_dir / "splits", df)
+        notes.append(f"splits read from {run_dir / 'splits'}")
+    elif split == "all":
+        splits = {}
+    else:
+        splits = make_splits(df, config.data, allow_empty=("test", "val", "train"))
+        notes.append(f"splits made from the config ({config.data.split} split, seed {config.data.seed})")
+    if method and not own_data:
+        # Thresholds belong to the model's own validation data; other data must not replace them.
+        method = None
+        notes.append("thresholds not chosen: --data is not the run's own data")
+    splits = dict(splits)
+    splits["all"] = df
+    evaluated = splits[split]
+    if len(evaluated) == 0:
+        raise EvaluationError(f"the {split} split is empty")
+
+    y_true, y_prob = predict_table(predictor, evaluated, class_names, batch_size, on_batch)
+    report = EvaluationReport(
+        y_true, y_prob, evaluated["patient_id"].astype(str).to_numpy(), class_names, split=split,
+        model_name=_model_name(model, fmt), split_description=_split_description(config.data, split, own_data),
+        n_boot=n_boot, seed=seed, references=references,
+    )
+    if out_dir is None:
+        out_dir = (run_dir / "eval" / split) if run_dir is not None else Path(f"eval-{_model_name(model, fmt)}-{split}")
+    files = report.save(out_dir, overwrite=True)
+
+    chosen, thresholds_path = None, None
+    if method:
+        val = splits.get("val")
+        if val is None or len(val) == 0:
+            notes.append("thresholds not chosen: no validation split")
+        else:
+            if split == "val":
+                y_val, p_val = y_true, y_prob
+            else:
+                y_val, p_val = predict_table(predictor, val, class_names, batch_size, on_batch)
+            chosen = choose_thresholds(y_val, p_val, class_names, method=method,
+                                       target_sensitivity=target if target is not None else 0.9)
+            thresholds_path = _thresholds_target(model, fmt, Path(out_dir))
+            chosen.to_json(thresholds_path)
+            if fallback := chosen.fallback:
+                notes.append(f"{len(fallback)} class(es) had no usable validation labels and use 0.5: "
+                             f"{', '.join(fallback)}")
+    return ModelEvaluation(report=report, files=files, split=split, num_images=len(evaluated),
+                           thresholds=chosen, thresholds_path=thresholds_path, notes=notes)
+
+
+def _model_name(model: Path, fmt: str) -> str:
+    if fmt == "run":
+        return model.resolve().name
+    if fmt == "saved_model" and model.name.isdigit():
+        return f"{model.parent.name}-v{model.name}"
+    return model.stem if model.suffix else model.name
+
+
+def _split_description(data_config, split: str, own_data: bool) -> str:
+    if not own_data or split == "all":
+        return f"all images of {data_config.source}" if split == "all" else f"{split} split of {data_config.source}"
+    if data_config.split == "official":
+        return "official split (train_val_list.txt / test_list.txt)"
+    fractions = "/".join(f"{round(100 * f)}" for f in data_config.split_fractions)
+    return f"random {fractions} patient split, seed {data_config.seed}"
+
+
+def _thresholds_target(model: Path, fmt: str, out_dir: Path) -> Path:
+    """Where ``predict`` will look: the run directory, the ``.keras`` file's folder; an export is
+    never modified in place, so its thresholds go to the report folder."""
+    if fmt == "run":
+        return model / "thresholds.json"
+    if fmt == "keras":
+        return model.parent / "thresholds.json"
+    return out_dir / "thresholds.json"

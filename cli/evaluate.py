@@ -1,0 +1,59 @@
+"""``can-tf evaluate``: per-class AUROC/AUPRC with patient-bootstrap CIs, ROC curves, thresholds."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("evaluate")
+@click.argument("model", metavar="RUN_DIR_OR_MODEL", type=click.Path(exists=True))
+@click.option("--data", default=None,
+              help="Data to evaluate on (ChestX-ray14 folder or CSV). Default: the run's own data.")
+@click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default=None,
+              help="Split to report. Default: test on the run's own data, all on other --data.")
+@click.option("--bootstrap", "n_boot", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Bootstrap replicates (resampled by patient) for the 95%% confidence intervals.")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Report folder. Default: <run>/eval/<split>.")
+@click.option("--references", is_flag=True,
+              help="Show published ChestX-ray14 AUROCs beside ours, each labelled with its split.")
+@click.option("--thresholds", "thresholds", default="youden", show_default=True,
+              help="Per-class thresholds chosen on the val split and saved with the model for predict: "
+                   "youden, sensitivity:0.9 (any target) or none.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+def evaluate(model, data, split, n_boot, out_dir, references, thresholds, batch_size, seed):
+    """Evaluate a run (or any saved model) per class, like the paper's table.
+
+    \b
+    Examples:
+      can-tf evaluate runs/small-1a2b3c4d
+      can-tf evaluate runs/paper --references --thresholds sensitivity:0.9
+      can-tf evaluate exports/tflite/can_dynamic.tflite --data /data/ChestX-ray14 --split all
+    Writes report.md, report.csv, report.json and roc.png; thresholds go to <run>/thresholds.json.
+    """
+    from can_tf.config import ConfigError
+    from can_tf.data.errors import DataError
+    from can_tf.evaluation.metrics import EvaluationError
+    from can_tf.evaluation.model_evaluation import evaluate_model, parse_threshold_method
+    from can_tf.predictor import ModelFormatError
+
+    try:
+        parse_threshold_method(thresholds)
+    except EvaluationError as e:
+        raise click.BadParameter(str(e), param_hint="--thresholds") from None
+    try:
+        result = evaluate_model(model, data=data, split=split, n_boot=n_boot, out_dir=out_dir,
+                                references="all" if references else (), thresholds=thresholds,
+                                batch_size=batch_size, seed=seed)
+    except (ConfigError, DataError, EvaluationError, ModelFormatError) as e:
+        raise click.ClickException(str(e)) from None
+
+    click.echo(result.report.to_markdown())
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"Report ({result.num_images} images, {result.split} split): "
+               + ", ".join(str(p) for p in result.files.values()), err=True)
+    if result.thresholds_path is not None:
+        click.echo(f"Thresholds ({result.thresholds.method}, chosen on the val split) saved to "
+                   f"{result.thresholds_path}", err=True)

@@ -1,0 +1,116 @@
+"""``can-tf evaluate``: the report on a run's test split, thresholds on its val split, saved for predict."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from can_tf_cli.main import main
+from run_helpers import make_run_dir
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, phantom_dir):
+    return make_run_dir(tmp_path_factory.mktemp("eval") / "run", phantom_dir)
+
+
+def test_parse_threshold_method():
+    from can_tf.evaluation.metrics import EvaluationError
+    from can_tf.evaluation.model_evaluation import parse_threshold_method
+
+    assert parse_threshold_method("youden") == ("youden", None)
+    assert parse_threshold_method("sensitivity:0.8") == ("sensitivity", 0.8)
+    assert parse_threshold_method("none") == (None, None)
+    for bad in ("sensitivity:1.5", "sensitivity:x", "median"):
+        with pytest.raises(EvaluationError, match="--thresholds"):
+            parse_threshold_method(bad)
+
+
+def test_evaluate_run_report_matches_sklearn_and_saves_thresholds(run_dir):
+    from sklearn.metrics import roc_auc_score
+
+    from can_tf.data.pipeline import make_dataset
+    from can_tf.data.splits import read_splits
+    from can_tf.data.table import load_table
+    from can_tf.predictor import Predictor, read_run_config
+
+    result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--bootstrap", "50"])
+    assert result.exit_code == 0, result.output
+    assert "| Class |" in result.output and "Mean" in result.output
+    report_dir = run_dir / "eval" / "test"
+    for name in ("report.md", "report.csv", "report.json", "roc.png"):
+        assert (report_dir / name).is_file(), name
+    report = json.loads((report_dir / "report.json").read_text())
+
+    # Independently: the run's test split through the pipeline and the predictor, scored by sklearn.
+    config = read_run_config(run_dir / "config.yaml")
+    df, class_names = load_table(config.data)
+    test = read_splits(run_dir / "splits", df)["test"]
+    predictor = Predictor.load(run_dir, use_thresholds=False)
+    probs, labels = [], []
+    for images, y in make_dataset(test, class_names, 64, 16, training=False, deterministic=True):
+        probs.append(predictor.predict(images.numpy()))
+        labels.append(y.numpy())
+    probs, labels = np.concatenate(probs), np.concatenate(labels)
+    rows = {row["class"]: row for row in report["classes"]}
+    assert report["num_images"] == len(test)
+    checked = 0
+    for c, name in enumerate(class_names):
+        known = ~np.isnan(labels[:, c])
+        y = labels[known, c]
+        if 0 < y.sum() < len(y):
+            assert rows[name]["auroc"] == pytest.approx(roc_auc_score(y, probs[known, c]), abs=1e-6), name
+            assert rows[name]["auroc_low"] <= rows[name]["auroc"] <= rows[name]["auroc_high"], name
+            checked += 1
+        else:  # no positives (or negatives) in this small test split: undefined, not 0.5
+            assert rows[name]["auroc"] is None and rows[name]["status"].startswith("undefined"), name
+    assert checked >= 3
+
+    thresholds = json.loads((run_dir / "thresholds.json").read_text())
+    assert thresholds["method"] == "youden" and thresholds["class_names"] == class_names
+    # predict picks them up from the run directory.
+    loaded = Predictor.load(run_dir)
+    assert loaded.thresholds is not None
+    assert loaded.thresholds.values == [thresholds["thresholds"][n] for n in class_names]
+
+
+def test_sensitivity_thresholds_meet_their_target_on_val(run_dir, tmp_path):
+    result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--bootstrap", "20", "--split", "val",
+                                       "--thresholds", "sensitivity:0.9", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    thresholds = json.loads((run_dir / "thresholds.json").read_text())
+    assert thresholds["method"] == "sensitivity" and thresholds["target_sensitivity"] == 0.9
+    assert thresholds["validation"], "no class had usable validation labels"
+    for name, point in thresholds["validation"].items():
+        assert point["sensitivity"] >= 0.9, name
+    assert (tmp_path / "r" / "report.md").is_file()
+
+
+@pytest.mark.slow
+def test_thresholds_round_trip_through_saved_model(run_dir, tmp_path, chestxray14_dir):
+    """evaluate -> thresholds.json -> export SavedModel -> predict from the export uses them."""
+    from can_tf.export.saved_model import export_saved_model
+    from can_tf.predictor import Predictor
+
+    result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--bootstrap", "10"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((run_dir / "thresholds.json").read_text())
+    export = export_saved_model(run_dir, tmp_path / "models", name="can", num_images=2)
+    predictor = Predictor.load(export.path)
+    assert predictor.format == "saved_model"
+    assert predictor.thresholds is not None
+    assert predictor.thresholds.as_dict() == pytest.approx(saved["thresholds"])
+    assert predictor.class_names == saved["class_names"]
+
+
+def test_evaluate_bad_options_name_the_option(run_dir, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["evaluate", str(run_dir), "--thresholds", "median"])
+    assert result.exit_code == 2 and "--thresholds" in result.output
+    not_a_model = tmp_path / "x.txt"
+    not_a_model.write_text("")
+    result = runner.invoke(main, ["evaluate", str(not_a_model)])
+    assert result.exit_code == 1 and "x.txt" in result.output
