@@ -108,31 +108,48 @@ def decode_gray(contents, path=""):
 
     with tf.control_dependencies([check]):
         image = tf.cond(is_png, png, jpeg)
-    channels = tf.shape(image)[-1]
-
-    def luminance():  # RGB or RGBA: weighted R, G, B; alpha ignored
-        return tf.reduce_sum(image[..., :3] * tf.constant(_LUMA, tf.float32), axis=-1, keepdims=True)
-
-    # Gray or gray+alpha: the first channel.
-    gray = tf.cond(channels >= 3, luminance, lambda: image[..., :1])
+    gray = to_gray(image)
     gray.set_shape([None, None, 1])
     return gray
 
 
-def decode_and_resize(contents, image_size: int, path=""):
-    """Encoded bytes -> uint8 (S, S, 1): decoded, gray, antialiased resize, rounded."""
+def to_gray(image):
+    """float32 pixels (..., H, W, C) with C of 1-4 -> (..., H, W, 1) luminance (graph-compatible).
+
+    RGB and RGBA become the weighted sum of R, G, B (alpha ignored); gray and gray+alpha keep
+    their first channel.
+    """
     import tensorflow as tf
 
-    gray = decode_gray(contents, path)
+    def luminance():
+        return tf.reduce_sum(image[..., :3] * tf.constant(_LUMA, tf.float32), axis=-1, keepdims=True)
+
+    return tf.cond(tf.shape(image)[-1] >= 3, luminance, lambda: image[..., :1])
+
+
+def resize_gray(gray, image_size: int):
+    """float32 gray pixels (..., H, W, 1) -> (..., S, S, 1): antialiased resize, rounded to [0, 255].
+
+    The one resize shared by training, prediction and the exported serving signatures.
+    """
+    import tensorflow as tf
+
     shape = tf.shape(gray)
-    same_size = tf.logical_and(tf.equal(shape[0], image_size), tf.equal(shape[1], image_size))
+    same_size = tf.logical_and(tf.equal(shape[-3], image_size), tf.equal(shape[-2], image_size))
     # An antialiased resize to the same size still runs its full kernel (~40% of a 512 px decode).
     resized = tf.cond(
         same_size,
         lambda: gray,
         lambda: tf.image.resize(gray, (image_size, image_size), method="bilinear", antialias=True),
     )
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+    return tf.clip_by_value(tf.round(resized), 0.0, 255.0)
+
+
+def decode_and_resize(contents, image_size: int, path=""):
+    """Encoded bytes -> uint8 (S, S, 1): decoded, gray, antialiased resize, rounded."""
+    import tensorflow as tf
+
+    return tf.cast(resize_gray(decode_gray(contents, path), image_size), tf.uint8)
 
 
 def load_image(path, image_size: int) -> np.ndarray:

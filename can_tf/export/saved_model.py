@@ -113,7 +113,7 @@ def images_to_model_input(images: tf.Tensor, image_size: int) -> tf.Tensor:
     :func:`can_tf.data.pipeline.decode_and_resize`, applied to pixels that are already decoded;
     an image already ``S`` x ``S`` with integer values passes through unchanged.
     """
-    from can_tf.data.pipeline import _LUMA
+    from can_tf.data.pipeline import resize_gray, to_gray
 
     images = tf.convert_to_tensor(images, tf.float32)
     channels = tf.shape(images)[-1]
@@ -122,14 +122,9 @@ def images_to_model_input(images: tf.Tensor, image_size: int) -> tf.Tensor:
         ["images must have 1 (gray) or 3 (RGB) channels, got", channels],
     )
     with tf.control_dependencies([check]):
-        gray = tf.cond(
-            tf.equal(channels, 3),
-            lambda: tf.reduce_sum(images[..., :3] * tf.constant(_LUMA, tf.float32), axis=-1, keepdims=True),
-            lambda: images[..., :1],
-        )
+        gray = to_gray(images)
     gray = tf.ensure_shape(gray, [None, None, None, 1])
-    resized = tf.image.resize(gray, (image_size, image_size), method="bilinear", antialias=True)
-    return tf.clip_by_value(tf.round(resized), 0.0, 255.0)
+    return resize_gray(gray, image_size)
 
 
 class ServingModule(tf.Module):
