@@ -347,6 +347,12 @@ def _coerce(name: str, value: Any, hint: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {name} must not be null")
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads exponent floats without a dot ("5e-3") as strings.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint is list and isinstance(value, tuple):
         return list(value)
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool) and name.endswith("verbose"):

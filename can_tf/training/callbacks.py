@@ -1,0 +1,262 @@
+"""Keras callbacks of a training run (the generic ones come from Keras itself).
+
+- `ValidationAUROC`: predicts the validation split after every epoch and puts the mean of the
+  defined per-class AUROCs into ``logs["val_mean_auroc"]`` (what early stopping, reduce-on-plateau
+  and the best-model checkpoint watch).
+- `BestModelCheckpoint`: writes ``best.keras`` atomically whenever that value improves, as an
+  inference-ready model with no optimizer state.
+- `NaNGuard`: stops on a NaN/inf loss, puts back the weights of the last finished epoch and writes
+  them to ``last_good.keras``.
+- `EpochLogger`: adds ``epoch_seconds`` and ``learning_rate`` to the logs and, when no progress bar
+  is shown, prints one line per epoch.
+
+Callbacks that add to ``logs`` must come before those that read them (CSVLogger, EarlyStopping):
+`can_tf.training.trainer` orders them.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import keras
+
+from can_tf.training.optimizers import current_learning_rate
+from can_tf.training.run_dir import save_model_atomically
+
+
+# ---- predictions and AUROC ----------------------------------------------------------------------
+def fused_logits(outputs):
+    """The fused logits of a model's outputs (a dict of CAN/baseline logits, or one tensor)."""
+    if isinstance(outputs, dict):
+        return outputs["fused"]
+    return outputs
+
+
+def predict_probabilities(model, dataset, predict_fn=None):
+    """``(labels, probabilities)`` as numpy arrays over a finite ``(images, labels)`` dataset.
+
+    ``dataset=None`` (an empty split) gives two empty arrays.
+
+    Calls the model directly (no `Model.predict`): under any `tf.distribute` strategy this runs
+    locally on each worker with no collective op, so every worker can evaluate on its own.
+    """
+    import tensorflow as tf
+
+    if predict_fn is None:
+        predict_fn = make_predict_fn(model)
+    labels, probs = [], []
+    for images, y in dataset if dataset is not None else ():
+        if isinstance(y, dict):
+            y = next(iter(y.values()))
+        labels.append(np.asarray(y, dtype=np.float32))
+        probs.append(tf.sigmoid(tf.cast(predict_fn(images), tf.float32)).numpy())
+    if not labels:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+    return np.concatenate(labels), np.concatenate(probs)
+
+
+def make_predict_fn(model):
+    """A traced ``images -> fused logits`` function of ``model`` (inference mode)."""
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def predict(images):
+        return fused_logits(model(images, training=False))
+
+    return predict
+
+
+def class_aurocs(labels: np.ndarray, probs: np.ndarray, class_names) -> dict:
+    """``{class: AUROC or None}`` (`can_tf.evaluation.metrics.per_class_auroc`; NaN labels masked).
+
+    ``None`` marks a class without both outcomes; every class is ``None`` when there is nothing to
+    score or the model produced non-finite probabilities (a diverged model scores nothing).
+    """
+    from can_tf.evaluation.metrics import per_class_auroc
+
+    if len(labels) == 0 or not np.all(np.isfinite(probs)):
+        return {name: None for name in class_names}
+    return per_class_auroc(labels, probs, list(class_names))
+
+
+def mean_defined(values: dict) -> float:
+    """Mean over the defined classes, as a float (NaN when none is defined)."""
+    from can_tf.evaluation.metrics import mean_over_defined
+
+    mean, _ = mean_over_defined(values)
+    return float("nan") if mean is None else float(mean)
+
+
+# ---- callbacks ----------------------------------------------------------------------------------
+class ValidationAUROC(keras.callbacks.Callback):
+    """Adds ``logs[key]`` = mean per-class AUROC on ``dataset`` at the end of every epoch.
+
+    Example:
+        >>> cb = ValidationAUROC(val_ds, class_names)            # doctest: +SKIP
+        >>> model.fit(train_ds, callbacks=[cb, keras.callbacks.CSVLogger("h.csv")])  # doctest: +SKIP
+    """
+
+    def __init__(self, dataset, class_names, key: str = "val_mean_auroc", strategy=None):
+        super().__init__()
+        self.dataset = dataset
+        self.class_names = list(class_names)
+        self.key = key
+        self.strategy = strategy
+        self.last = {}
+        self._predict_fn = None
+
+    def on_train_begin(self, logs=None):
+        self._predict_fn = make_predict_fn(self.model)
+
+    def on_epoch_end(self, epoch, logs=None):
+        labels, probs = predict_probabilities(self.model, self.dataset, self._predict_fn)
+        self.last = class_aurocs(labels, probs, self.class_names)
+        if logs is not None:
+            logs[self.key] = first_replica_value(self.strategy, mean_defined(self.last))
+
+
+def first_replica_value(strategy, value: float) -> float:
+    """``value`` as computed by replica 0 (the chief), on every worker of a multi-worker strategy.
+
+    Batch normalisation statistics are kept per replica (not synchronised), so workers predict
+    slightly differently; decisions taken on the validation score (early stopping, the learning
+    rate on plateau) must be identical on all workers, or their collectives fall out of step.
+    The chief's score is also the score of the model the chief saves.
+    """
+    import tensorflow as tf
+
+    if strategy is None or strategy.num_replicas_in_sync == 1 or not isinstance(
+            strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return value
+    local = tf.constant(value, tf.float32)
+    per_replica = strategy.experimental_distribute_values_from_function(
+        lambda ctx: local if ctx.replica_id_in_sync_group == 0 else tf.zeros_like(local))
+    return float(strategy.reduce("SUM", per_replica, axis=None))
+
+
+class _InferenceTwin:
+    """A float32, never-compiled copy of the training model, refreshed with its weights on demand.
+
+    Saving this twin rather than the training model keeps the optimizer state (2x the weights for
+    Adam) and the mixed-precision policy out of the saved file.
+    """
+
+    def __init__(self, model_factory: Callable[[], "keras.Model"]):
+        self.model_factory = model_factory
+        self._twin = None
+
+    def save(self, model, path) -> None:
+        if self._twin is None:
+            previous = keras.mixed_precision.global_policy()
+            keras.mixed_precision.set_global_policy("float32")
+            try:
+                self._twin = self.model_factory()
+            finally:
+                keras.mixed_precision.set_global_policy(previous)
+        self._twin.set_weights(model.get_weights())
+        save_model_atomically(self._twin, path)
+
+
+class BestModelCheckpoint(keras.callbacks.Callback):
+    """Saves an inference-ready model to ``path`` whenever ``logs[monitor]`` reaches a new maximum.
+
+    ``model_factory()`` must build the same architecture as the trained model (it is filled with the
+    trained weights); ``initial_best`` carries the best value over from before a resume.
+    """
+
+    def __init__(self, path, model_factory, monitor: str = "val_mean_auroc",
+                 initial_best: Optional[float] = None):
+        super().__init__()
+        self.path = path
+        self.monitor = monitor
+        self.best = initial_best
+        self.best_epoch = None
+        self._twin = _InferenceTwin(model_factory)
+
+    def save_current(self, path=None):
+        self._twin.save(self.model, path or self.path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not math.isfinite(value):
+            return
+        if self.best is None or value > self.best:
+            self.best, self.best_epoch = float(value), epoch
+            self.save_current()
+
+
+class NaNGuard(keras.callbacks.Callback):
+    """Stops training on a non-finite loss and keeps the weights of the last finished epoch.
+
+    The weights are snapshotted in memory at the start of every epoch (cheap next to an epoch) and
+    put back when a batch reports a NaN/inf loss; they are then saved to ``last_good_path`` and
+    ``reason`` says what happened.
+    """
+
+    def __init__(self, last_good_path=None, model_factory=None):
+        super().__init__()
+        self.last_good_path = last_good_path
+        self._twin = _InferenceTwin(model_factory) if model_factory else None
+        self._good_weights = None
+        self._epoch = 0
+        self.stopped = False
+        self.reason = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._good_weights = self.model.get_weights()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check((logs or {}).get("loss"), f"epoch {self._epoch + 1}, batch {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.stopped:
+            self._check((logs or {}).get("loss"), f"end of epoch {epoch + 1}")
+
+    def _check(self, loss, where: str) -> None:
+        if self.stopped or loss is None:
+            return
+        loss = float(loss)
+        if math.isfinite(loss):
+            return
+        self.stopped = True
+        self.reason = (f"non-finite training loss ({loss}) at {where}; stopped and restored the "
+                       f"weights from the start of epoch {self._epoch + 1}")
+        self.model.stop_training = True
+        if self._good_weights is not None:
+            self.model.set_weights(self._good_weights)
+        if self._twin is not None and self.last_good_path is not None:
+            self._twin.save(self.model, self.last_good_path)
+        print(f"NaN guard: {self.reason}", file=sys.stderr, flush=True)
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Adds ``epoch_seconds`` and ``learning_rate`` to the logs; optionally prints one line per epoch."""
+
+    SHOWN = ("loss", "val_mean_auroc", "learning_rate")
+
+    def __init__(self, epochs: int, print_lines: bool = False):
+        super().__init__()
+        self.epochs = epochs
+        self.print_lines = print_lines
+        self._start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs["epoch_seconds"] = time.perf_counter() - (self._start or time.perf_counter())
+        try:
+            logs["learning_rate"] = current_learning_rate(self.model.optimizer)
+        except (AttributeError, TypeError, ValueError):
+            pass
+        if self.print_lines:
+            parts = [f"{k} {logs[k]:.4g}" for k in self.SHOWN if k in logs]
+            print(f"Epoch {epoch + 1}/{self.epochs} - {logs['epoch_seconds']:.1f}s - " + " - ".join(parts),
+                  flush=True)

@@ -1,0 +1,73 @@
+"""The optimizer and learning-rate schedule of a run, from Keras built-ins only.
+
+``train.optimizer``: ``adamw`` (decoupled weight decay), ``adam`` (no decay, as CheXNet) or ``sgd``
+(momentum 0.9 with decoupled weight decay). ``train.schedule``:
+
+- ``cosine``: linear warm-up over ``warmup_epochs`` from 0 to ``learning_rate``, then cosine decay
+  to 0 at the last step (`keras.optimizers.schedules.CosineDecay` with ``warmup_steps``);
+- ``plateau``: constant, divided by 10 whenever the validation mean AUROC has not improved for an
+  epoch (`keras.callbacks.ReduceLROnPlateau`, CheXNet's recipe);
+- ``constant``.
+
+Example:
+    >>> from can_tf.config import TrainConfig
+    >>> opt, callbacks = build_optimizer(TrainConfig(epochs=2, warmup_epochs=0.5), steps_per_epoch=10)
+    >>> type(opt).__name__, callbacks
+    ('AdamW', [])
+"""
+
+from __future__ import annotations
+
+from can_tf.config import ConfigError
+
+PLATEAU_FACTOR = 0.1  # CheXNet: "decay the learning rate by a factor of 10"
+PLATEAU_PATIENCE = 1  # ... "each time the validation metric plateaus after an epoch"
+
+
+def learning_rate_schedule(train_config, steps_per_epoch: int):
+    """A float (constant / plateau) or a `LearningRateSchedule` (cosine)."""
+    import keras
+
+    lr = float(train_config.learning_rate)
+    if train_config.schedule in ("constant", "plateau"):
+        return lr
+    if train_config.schedule != "cosine":
+        raise ConfigError(f"train.schedule must be cosine, plateau or constant; got {train_config.schedule!r}")
+    total = max(1, int(train_config.epochs) * int(steps_per_epoch))
+    warmup = min(int(round(train_config.warmup_epochs * steps_per_epoch)), total - 1)
+    if warmup <= 0:
+        return keras.optimizers.schedules.CosineDecay(lr, decay_steps=total)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0, decay_steps=total - warmup, warmup_target=lr, warmup_steps=warmup
+    )
+
+
+def build_optimizer(train_config, steps_per_epoch: int):
+    """``(optimizer, callbacks)``: the callbacks the schedule needs (ReduceLROnPlateau or none)."""
+    import keras
+
+    lr = learning_rate_schedule(train_config, steps_per_epoch)
+    name = train_config.optimizer
+    if name == "adamw":
+        optimizer = keras.optimizers.AdamW(learning_rate=lr, weight_decay=train_config.weight_decay)
+    elif name == "adam":
+        optimizer = keras.optimizers.Adam(learning_rate=lr)
+    elif name == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=0.9,
+                                         weight_decay=train_config.weight_decay or None)
+    else:
+        raise ConfigError(f"train.optimizer must be adamw, adam or sgd; got {name!r}")
+    callbacks = []
+    if train_config.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_mean_auroc", mode="max", factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE,
+            min_lr=float(train_config.learning_rate) * 1e-3, verbose=0,
+        ))
+    return optimizer, callbacks
+
+
+def current_learning_rate(optimizer) -> float:
+    """The learning rate the optimizer applies at its current step."""
+    import keras
+
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))

@@ -1,0 +1,139 @@
+"""Strategy choice, TF_CONFIG parsing, precision policy and the optimizer/schedule from the config."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from can_tf.config import ConfigError, TrainConfig
+from can_tf.training import strategy as strategy_lib
+from can_tf.training.strategy import resolve_precision, tf_config_cluster
+
+
+def _tf_config(monkeypatch, cluster, task):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
+
+
+def test_tf_config_unset_is_single_chief(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert tf_config_cluster() == (1, 0, True)
+
+
+def test_tf_config_workers_only_worker0_is_chief(monkeypatch):
+    cluster = {"worker": ["localhost:1", "localhost:2"]}
+    _tf_config(monkeypatch, cluster, {"type": "worker", "index": 0})
+    assert tf_config_cluster() == (2, 0, True)
+    _tf_config(monkeypatch, cluster, {"type": "worker", "index": 1})
+    assert tf_config_cluster() == (2, 1, False)
+
+
+def test_tf_config_with_chief_task(monkeypatch):
+    cluster = {"chief": ["localhost:1"], "worker": ["localhost:2", "localhost:3"]}
+    _tf_config(monkeypatch, cluster, {"type": "chief", "index": 0})
+    assert tf_config_cluster() == (3, 0, True)
+    # worker 0 is the second input pipeline when a chief exists, and not the chief
+    _tf_config(monkeypatch, cluster, {"type": "worker", "index": 0})
+    assert tf_config_cluster() == (3, 1, False)
+
+
+def test_tf_config_invalid_json_names_the_variable(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ConfigError, match="TF_CONFIG"):
+        tf_config_cluster()
+
+
+def test_default_strategy_on_single_device(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    info = strategy_lib.make_strategy(TrainConfig(strategy="auto"))
+    assert (info.kind, info.num_replicas, info.num_workers, info.is_chief) == ("default", 1, 1, True)
+    assert info.per_replica_batch_size(32) == 32
+
+
+def test_multi_worker_without_tf_config_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match="multi_worker.*TF_CONFIG"):
+        strategy_lib.make_strategy(TrainConfig(strategy="multi_worker"))
+
+
+def test_global_batch_must_split_evenly_across_replicas():
+    info = strategy_lib.StrategyInfo(strategy=None, kind="mirrored", num_replicas=4)
+    assert info.per_replica_batch_size(32) == 8
+    with pytest.raises(ConfigError, match="train.batch_size=30.*4"):
+        info.per_replica_batch_size(30)
+
+
+def test_precision_policies(monkeypatch):
+    assert resolve_precision("off") == "float32"
+    assert resolve_precision("float16") == "mixed_float16"
+    assert resolve_precision("bfloat16") == "mixed_bfloat16"
+    assert resolve_precision("auto", has_gpu=True) == "mixed_float16"
+    monkeypatch.setattr(strategy_lib, "cpu_supports_bfloat16", lambda: True)
+    assert resolve_precision("auto", has_gpu=False) == "mixed_bfloat16"
+    monkeypatch.setattr(strategy_lib, "cpu_supports_bfloat16", lambda: False)
+    assert resolve_precision("auto", has_gpu=False) == "float32"
+    with pytest.raises(ConfigError, match="train.mixed_precision"):
+        resolve_precision("int8")
+
+
+def test_cpu_bfloat16_detection_reads_cpuinfo_flags(monkeypatch, tmp_path):
+    import builtins
+
+    fake = tmp_path / "cpuinfo"
+    real_open = builtins.open
+
+    def fake_open(path, *args, **kwargs):
+        return real_open(fake if path == "/proc/cpuinfo" else path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    fake.write_text("processor: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    assert strategy_lib.cpu_supports_bfloat16() is False
+    fake.write_text("processor: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_tile\n")
+    assert strategy_lib.cpu_supports_bfloat16() is True
+
+
+def test_set_precision_sets_the_keras_policy():
+    import keras
+
+    try:
+        assert strategy_lib.set_precision("bfloat16") == "mixed_bfloat16"
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+# ---- optimizer and schedule ---------------------------------------------------------------------
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    from can_tf.training.optimizers import learning_rate_schedule
+
+    # 3 epochs x 10 steps = 30 steps; warm-up 0.5 epoch = 5 steps; then cosine over 25 steps.
+    schedule = learning_rate_schedule(TrainConfig(epochs=3, learning_rate=0.01, warmup_epochs=0.5,
+                                                  schedule="cosine"), steps_per_epoch=10)
+    lr = [float(schedule(step)) for step in range(31)]
+    assert lr[0] == 0.0
+    assert lr[5] == pytest.approx(0.01)
+    assert lr[2] == pytest.approx(0.01 * 2 / 5)  # linear warm-up
+    # half-way through the decay (12.5 of 25 steps) cosine gives lr * (1 + cos(pi/2)) / 2 = lr / 2
+    assert float(schedule(5 + 12.5)) == pytest.approx(0.005, rel=1e-4)
+    assert lr[30] == pytest.approx(0.0, abs=1e-9)
+    assert all(a >= b for a, b in zip(lr[5:], lr[6:]))
+
+
+def test_optimizer_kinds_and_plateau_callback():
+    import keras
+
+    from can_tf.training.optimizers import build_optimizer
+
+    opt, cbs = build_optimizer(TrainConfig(optimizer="adamw", weight_decay=1e-4), steps_per_epoch=5)
+    assert isinstance(opt, keras.optimizers.AdamW) and math.isclose(opt.weight_decay, 1e-4)
+    assert cbs == []
+    opt, cbs = build_optimizer(TrainConfig(optimizer="adam", schedule="plateau", learning_rate=1e-3),
+                               steps_per_epoch=5)
+    assert isinstance(opt, keras.optimizers.Adam)
+    assert float(opt.learning_rate) == pytest.approx(1e-3)
+    assert len(cbs) == 1 and isinstance(cbs[0], keras.callbacks.ReduceLROnPlateau)
+    assert cbs[0].monitor == "val_mean_auroc" and cbs[0].factor == pytest.approx(0.1)
+    opt, _ = build_optimizer(TrainConfig(optimizer="sgd", schedule="constant", learning_rate=0.1),
+                             steps_per_epoch=5)
+    assert isinstance(opt, keras.optimizers.SGD) and opt.momentum == pytest.approx(0.9)
