@@ -12,7 +12,7 @@ import click
 @click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default=None,
               help="Split to report. Default: test on the run's own data, all on other --data.")
 @click.option("--bootstrap", "n_boot", type=click.IntRange(min=0), default=1000, show_default=True,
-              help="Bootstrap replicates (resampled by patient) for the 95%% confidence intervals.")
+              help="Bootstrap replicates (resampled by patient) for the 95% confidence intervals.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Report folder. Default: <run>/eval/<split>.")
 @click.option("--references", is_flag=True,
