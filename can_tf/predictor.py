@@ -296,7 +296,7 @@ class Predictions:
 
     def write(self, path: str | os.PathLike) -> Path:
         """Writes CSV (``.csv``) or JSON (``.json``)."""
-        from can_tf.evaluation.files import atomic_write_text
+        from can_tf.files import atomic_write_text
 
         path = Path(path)
         if path.suffix.lower() == ".json":

@@ -9,6 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from can_tf import files
 from can_tf.config import ConfigError, RunConfig
 from can_tf.training import run_dir as run_dir_lib
 from can_tf.training.run_dir import RunDir
@@ -42,10 +43,10 @@ def dataset(x, y, batch=8):
 
 # ---- run directory ------------------------------------------------------------------------------
 def test_atomic_json_and_model_save_leave_no_temporary_files(tmp_path):
-    run_dir_lib.write_json(tmp_path / "m.json", {"a": float("nan"), "b": [1.0]})
+    files.write_json(tmp_path / "m.json", {"a": float("nan"), "b": [1.0]})
     assert (tmp_path / "m.json").read_text().replace(" ", "").replace("\n", "") == '{"a":null,"b":[1.0]}'
     model = tiny_model()
-    run_dir_lib.save_model_atomically(model, tmp_path / "best.keras")
+    files.save_model_atomically(model, tmp_path / "best.keras")
     assert sorted(os.listdir(tmp_path)) == ["best.keras", "m.json"]
     assert zipfile.is_zipfile(tmp_path / "best.keras")
 
@@ -60,7 +61,7 @@ def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
         raise RuntimeError("killed mid-write")
 
     with pytest.raises(RuntimeError):
-        run_dir_lib.atomic_write(target, broken)
+        files.atomic_write(target, broken)
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["best.keras"]
 

@@ -39,7 +39,6 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from can_tf.evaluation.bootstrap import bootstrap_metrics
-from can_tf.evaluation.files import atomic_write_bytes, atomic_write_text
 from can_tf.evaluation.metrics import EvaluationError, check_predictions, compute_metrics
 from can_tf.evaluation.reference_results import (
     NOT_COMPARABLE_NOTE,
@@ -47,6 +46,7 @@ from can_tf.evaluation.reference_results import (
     ReferenceResult,
     get_reference,
 )
+from can_tf.files import atomic_write_bytes, atomic_write_text
 
 PathLike = Union[str, os.PathLike]
 

@@ -33,13 +33,13 @@ from typing import Optional, Sequence, Union
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from can_tf.evaluation.files import atomic_write_text
 from can_tf.evaluation.metrics import (
     EvaluationError,
     check_predictions,
     check_probabilities,
     undefined_reason,
 )
+from can_tf.files import atomic_write_text
 
 METHODS = ("youden", "sensitivity", "fixed")
 _FORMAT_VERSION = 1

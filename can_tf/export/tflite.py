@@ -222,14 +222,12 @@ def export_tflite(
             f"(allowed {tolerance:g}) on {len(check_images)} real images; nothing was written"
         )
 
-    tmp = versioning.temp_file_beside(target)
-    try:
-        tmp.write_bytes(model)
+    def write(tmp):
+        # The companions go in before the model is moved into place, so a published model always has them.
+        Path(tmp).write_bytes(model)
         _write_companions(source, out_dir, stem, quantize, uint8_input, overwrite)
-        versioning.publish_file(tmp, target, overwrite=overwrite)
-    except BaseException:
-        versioning.discard(tmp)
-        raise
+
+    versioning.publish_file(target, write, overwrite=overwrite)
     return TFLiteExport(path=target, quantize=quantize, uint8_input=uint8_input, size_bytes=len(model),
                         max_abs_error=error, tolerance=tolerance, num_images=len(check_images),
                         ops=tflite_ops(model))

@@ -25,7 +25,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Callable, Optional, Union
+
+from can_tf.files import atomic_write, fsync_dir
 
 PathLike = Union[str, os.PathLike]
 
@@ -79,7 +81,7 @@ def publish_dir(staging: PathLike, model_dir: PathLike, version: int) -> Path:
     """
     target = check_version_free(model_dir, version)
     os.rename(staging, target)
-    _fsync_dir(Path(model_dir))
+    fsync_dir(model_dir)
     return target
 
 
@@ -94,35 +96,19 @@ def discard(path: Optional[PathLike]) -> None:
         path.unlink()
 
 
-def temp_file_beside(target: PathLike) -> Path:
-    """A new empty hidden file in ``target``'s folder, for a write that is then published."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    return Path(name)
+def publish_file(target: PathLike, write_fn: Callable[[str], Any], *, overwrite: bool = False) -> Path:
+    """Writes ``target`` through ``write_fn(tmp_path)`` and `can_tf.files.atomic_write`.
 
-
-def publish_file(tmp: PathLike, target: PathLike, *, overwrite: bool = False) -> Path:
-    """Moves a fully written ``tmp`` file to ``target`` atomically.
-
-    Without ``overwrite`` an existing target is an error; the no-replace move is a hard link
-    (which fails atomically when the name is taken) followed by removing the temporary name.
+    Without ``overwrite`` an existing target is an `ExportError` and is left untouched (the check
+    and the move are one atomic step); the temporary file is removed whenever the write fails.
     """
-    tmp, target = Path(tmp), Path(target)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    if overwrite:
-        os.replace(tmp, target)
-    else:
-        try:
-            os.link(tmp, target)
-        except FileExistsError:
-            tmp.unlink()
-            raise ExportError(f"{target} already exists; pass --overwrite to replace it") from None
-        tmp.unlink()
-    _fsync_dir(target.parent)
-    return target
+    target = Path(target)
+    try:
+        return atomic_write(target, write_fn, suffix=".tmp", overwrite=overwrite)
+    except FileExistsError as e:
+        if e.filename != str(target):
+            raise
+        raise ExportError(f"{target} already exists; pass --overwrite to replace it") from None
 
 
 def write_file_atomic(target: PathLike, data: Union[bytes, str], *, overwrite: bool = False) -> Path:
@@ -137,24 +123,4 @@ def write_file_atomic(target: PathLike, data: Union[bytes, str], *, overwrite: b
         if target.read_bytes() == payload:
             return target
         raise ExportError(f"{target} already exists with other content; pass --overwrite to replace it")
-    tmp = temp_file_beside(target)
-    try:
-        tmp.write_bytes(payload)
-        return publish_file(tmp, target, overwrite=overwrite)
-    except BaseException:
-        discard(tmp)
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename itself durable; not every file system allows opening a folder.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return publish_file(target, lambda tmp: Path(tmp).write_bytes(payload), overwrite=overwrite)

@@ -24,8 +24,8 @@ from typing import Callable, Optional
 import numpy as np
 import keras
 
+from can_tf.files import save_model_atomically
 from can_tf.training.optimizers import current_learning_rate
-from can_tf.training.run_dir import save_model_atomically
 
 
 # ---- predictions and AUROC ----------------------------------------------------------------------

@@ -30,18 +30,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import yaml
 
 from can_tf.config import ConfigError
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+from can_tf.files import atomic_write
 
 # Fields that may differ between the first run and its resumption (they do not change the result).
 RESUME_FREE_FIELDS = ("train.run_dir", "train.verbose")
@@ -174,75 +170,13 @@ def prepare_run_dir(config, run_dir, *, write: bool = True) -> RunDir:
 
 
 def remove_stale_temporaries(folder) -> list:
-    """Deletes temporary files that `atomic_write` left behind when a process was killed mid-write."""
+    """Deletes temporary files that `can_tf.files.atomic_write` left behind when a process was killed mid-write."""
     removed = []
     for path in Path(folder).glob(".*.*"):
         if path.is_file() and path.suffix in (".keras", ".json", ".csv", ".yaml"):
             path.unlink()
             removed.append(path.name)
     return removed
-
-
-# ---- small files, written atomically ------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path, write_fn, suffix: str = "") -> None:
-    """Calls ``write_fn(tmp_path)`` then moves the file into place, so readers never see half of it.
-
-    The temporary file lives in the same folder (``os.replace`` is atomic only within one file
-    system) and is fsynced before the rename, so even a SIGKILL or power loss leaves either the old
-    or the new file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix or path.suffix, dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the result should look like any other file
-    try:
-        write_fn(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_json(path, values: Any) -> None:
-    """Writes JSON atomically (NaN written as null so that any JSON reader can parse it)."""
-
-    def clean(v):
-        if isinstance(v, float) and v != v:
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(clean(values), f, indent=2)
-
-    atomic_write(path, write)
-
-
-def save_model_atomically(model, path) -> None:
-    """``model.save(path)`` without ever leaving a partial ``.keras`` file at ``path``."""
-    atomic_write(path, lambda tmp: model.save(tmp), suffix=".keras")
 
 
 # ---- history ------------------------------------------------------------------------------------

@@ -34,8 +34,9 @@ from typing import Optional
 
 import numpy as np
 
+from can_tf.files import write_json
 from can_tf.training.run_dir import (RunDir, best_so_far, default_run_dir, prepare_run_dir,
-                                     read_history, resume_epoch, trim_history, write_json)
+                                     read_history, resume_epoch, trim_history)
 
 
 @dataclass
