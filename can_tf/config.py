@@ -25,6 +25,7 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from can_tf.files import atomic_write_text
 from can_tf.labels import CLASS_NAMES
 
 
@@ -266,13 +267,11 @@ class RunConfig:
 
     def save(self, path: str) -> None:
         """Writes the config as YAML (``.yaml``/``.yml``) or JSON, atomically."""
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            if path.endswith(".json"):
-                json.dump(self.to_dict(), f, indent=2)
-            else:
-                yaml.safe_dump(self.to_dict(), f, sort_keys=False)
-        os.replace(tmp, path)
+        if str(path).endswith(".json"):
+            text = json.dumps(self.to_dict(), indent=2) + "\n"
+        else:
+            text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        atomic_write_text(path, text)
 
     @property
     def num_classes(self) -> int:

@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from can_tf.data.errors import DataError, preview
-from can_tf.data.table import drop_missing_images, make_table, normalise_sex, normalise_view, parse_ages
+from can_tf.data.table import (drop_missing_images, make_table, normalise_sex, normalise_view, parse_ages,
+                               read_string_table)
 from can_tf.labels import CLASS_NAMES, NO_FINDING
 
 logger = logging.getLogger(__name__)
@@ -125,15 +126,7 @@ def index_images(root: os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS
 def read_label_file(path: os.PathLike) -> pd.DataFrame:
     """Reads the label file as strings (blank cells stay ``""``), checking it has rows and columns."""
     path = Path(path)
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise DataError(f"label file {path} does not exist") from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"label file {path} is empty (no header, no rows)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as e:
-        raise DataError(f"cannot read label file {path}: {e}") from None
-    raw.columns = [str(c).strip() for c in raw.columns]
+    raw = read_string_table(path, "label file")
     missing = [c for c in REQUIRED_COLUMNS if c not in raw.columns]
     if missing:
         raise DataError(

@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 
 from can_tf.data.errors import DataError, preview
-from can_tf.data.table import drop_missing_images, make_table, normalise_sex, normalise_view, parse_ages
+from can_tf.data.table import (drop_missing_images, make_table, normalise_sex, normalise_view, parse_ages,
+                               read_string_table)
 
 # The label spellings accepted; anything else (yes, 2, -1, ...) is an error naming row and column.
 LABEL_VALUES = {"1": 1.0, "1.0": 1.0, "0": 0.0, "0.0": 0.0, "": np.nan}
@@ -89,15 +90,7 @@ def load_csv(csv_path: os.PathLike, class_names: Sequence[str], *, path_column: 
 
 
 def _read(csv_path: Path) -> pd.DataFrame:
-    try:
-        raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise DataError(f"CSV {csv_path} does not exist") from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"CSV {csv_path} is empty (no header, no rows)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as e:
-        raise DataError(f"cannot read CSV {csv_path}: {e}") from None
-    raw.columns = [str(c).strip() for c in raw.columns]
+    raw = read_string_table(csv_path, "CSV")
     if raw.empty:
         raise DataError(f"CSV {csv_path} has a header but no rows")
     return raw

@@ -31,6 +31,7 @@ import pandas as pd
 
 from can_tf.data.errors import DataError, preview
 from can_tf.data.table import BASE_COLUMNS, image_names
+from can_tf.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ def write_splits(splits: dict, run_dir: os.PathLike, class_names: Optional[Seque
     out.mkdir(parents=True, exist_ok=True)
     summary = {}
     for name, part in splits.items():
-        _write_atomic(out / f"{name}.txt", "".join(f"{image}\n" for image in part["image_index"]))
+        atomic_write_text(out / f"{name}.txt", "".join(f"{image}\n" for image in part["image_index"]))
         names = list(class_names) if class_names else [c for c in part.columns if c not in BASE_COLUMNS]
         labels = part[names].to_numpy(dtype=np.float64)
         summary[name] = {
@@ -171,7 +172,7 @@ def write_splits(splits: dict, run_dir: os.PathLike, class_names: Optional[Seque
             "positives": dict(zip(names, np.nansum(labels, axis=0).astype(int).tolist())),
             "unknown": dict(zip(names, np.isnan(labels).sum(axis=0).astype(int).tolist())),
         }
-    _write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return out
 
 
@@ -257,9 +258,3 @@ def _empty_split_message(name: str, df: pd.DataFrame, data_config) -> str:
     return (f"the {name} split is empty: {patients} patient(s) split by data.split_fractions="
             f"{list(data_config.split_fractions)}; use more patients (e.g. data.phantom_patients) or "
             f"larger fractions")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

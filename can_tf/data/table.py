@@ -34,6 +34,24 @@ MAX_AGE = 120.0  # years; NIH's first release had ages like 414 that are typos, 
 _AGE_UNITS = {"": 1.0, "Y": 1.0, "M": 12.0, "W": 52.0, "D": 365.0}
 
 
+def read_string_table(path: os.PathLike, what: str) -> pd.DataFrame:
+    """Reads a CSV as strings (blank cells stay ``""``, headers stripped), with errors naming ``what``.
+
+    ``what`` is how the message names the file, e.g. ``"label file"`` or ``"CSV"``.
+    """
+    path = Path(path)
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise DataError(f"{what} {path} does not exist") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{what} {path} is empty (no header, no rows)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as e:
+        raise DataError(f"cannot read {what} {path}: {e}") from None
+    raw.columns = [str(c).strip() for c in raw.columns]
+    return raw
+
+
 def make_table(image_index, path, patient_id, labels: np.ndarray, class_names: Sequence[str], *,
                view=None, age=None, sex=None) -> pd.DataFrame:
     """Assembles the agreed columns in the agreed order; ``labels`` is (rows, classes)."""
