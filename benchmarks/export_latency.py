@@ -2,7 +2,8 @@
 
 Variants: the Keras model (``.keras`` file; ``predict_on_batch``), the SavedModel's
 ``serving_default`` (encoded PNG bytes in: decode + resize + model) and ``serving_images``
-(a preprocessed tensor in), and TFLite none / float16 / dynamic / int8 run in ``ai_edge_litert``.
+(a preprocessed tensor in), and TFLite none / float16 / dynamic / int8 run in ``ai_edge_litert``,
+each with the XNNPACK delegate (the default) and without it (TFLite's built-in kernels).
 Every export is made by the library's exporters, so it is verified against Keras first. Latency is
 the median of ``--runs`` calls after ``--warmup`` calls, one image per call, on the CPU
 (:func:`benchmarks.common.median_time`). ``benchmarks.run`` includes it as its ``export`` section.
@@ -36,6 +37,19 @@ def median_ms(fn, runs: int, warmup: int) -> float:
     return median_time(fn, repeats=runs, warmup=warmup)["median_s"] * 1000
 
 
+def tflite_invoker(interpreter, image):
+    """A function that runs ``interpreter`` on ``image`` once and returns its output."""
+    interpreter.allocate_tensors()
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+
+    def invoke():
+        interpreter.set_tensor(inp["index"], image)
+        interpreter.invoke()
+        return interpreter.get_tensor(out["index"])
+
+    return invoke
+
+
 def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -56,7 +70,7 @@ def main(argv=None) -> int:
     import keras
     import numpy as np
     import tensorflow as tf
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     from can_tf.config import RunConfig
     from can_tf.export.saved_model import export_saved_model
@@ -104,18 +118,16 @@ def main(argv=None) -> int:
             result = export_tflite(source, work / "tflite", quantize=quantize, images=paths,
                                    num_calibration=args.calibration, num_verify=8)
             seconds = time.perf_counter() - start
-            interpreter = Interpreter(model_path=str(result.path), num_threads=args.threads)
-            interpreter.allocate_tensors()
-            (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
-
-            def invoke():
-                interpreter.set_tensor(inp["index"], image)
-                interpreter.invoke()
-                return interpreter.get_tensor(out["index"])
-
-            rows.append({"variant": f"TFLite {quantize}", "bytes": result.size_bytes,
-                         "ms": median_ms(invoke, args.runs, args.warmup), "max_abs_error": result.max_abs_error,
-                         "convert_s": seconds})
+            # The default op resolver applies the XNNPACK delegate; without it, TFLite's built-in
+            # kernels run the same file: the pair shows what XNNPACK brings to each variant.
+            for xnnpack, resolver in ((True, OpResolverType.AUTO),
+                                      (False, OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)):
+                invoke = tflite_invoker(Interpreter(model_path=str(result.path), num_threads=args.threads,
+                                                    experimental_op_resolver_type=resolver), image)
+                rows.append({"variant": f"TFLite {quantize}" + ("" if xnnpack else " (XNNPACK off)"),
+                             "quantize": quantize, "xnnpack": xnnpack, "bytes": result.size_bytes,
+                             "ms": median_ms(invoke, args.runs, args.warmup),
+                             "max_abs_error": result.max_abs_error, "convert_s": seconds})
 
     weights = sum(int(np.prod(w.shape)) for w in source.logits_model().weights)
     print(f"\n{args.preset} preset, {size} px, {weights:,} weights (float32 {weights * 4 / 1e6:.2f} MB), "

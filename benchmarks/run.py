@@ -15,13 +15,14 @@ Sections (each runs even if an earlier one failed; a failure is recorded in the 
   weights=None (:mod:`benchmarks.train_throughput`), with trace time, peak memory, FLOPs per image
   (:mod:`benchmarks.model_cost`), achieved GFLOP/s against the peak, the CAN/baseline cost ratio,
   the cross-attention's FLOP share, and the input pipeline's headroom over what training consumes.
-- ``levers``: XLA, mixed_bfloat16 and ``steps_per_execution`` 4 against the default train step,
-  side by side on the CheXNet baseline (its default variant is the training section's run).
+- ``levers``: XLA (and, where they can help, mixed_bfloat16 on CPUs with native bfloat16 and
+  mixed_float16 on a GPU) against the default train step, side by side on the CheXNet baseline (its
+  default variant is the training section's run); ``--quick`` also tries ``steps_per_execution`` 4.
 - ``inference``: Keras images/s and latency at batch 1, 8 and 32.
 - ``scaling``: seconds per epoch against data set size and image size, with linear fits
   (:mod:`benchmarks.scaling`).
 - ``export``: single-image latency and size of the Keras model, the SavedModel signatures and each
-  TFLite variant (:mod:`benchmarks.export_latency`); last, as its conversions take longest.
+  TFLite variant, with and without the XNNPACK delegate (:mod:`benchmarks.export_latency`); last, as its conversions take longest.
 
 Results are rewritten after every section, so an interrupted run keeps what it measured.
 """
@@ -47,6 +48,17 @@ DEFAULT_OUT = REPO / "benchmarks" / "results"
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "chestxray14"
 SECTIONS = ("peak", "pipeline", "training", "levers", "inference", "scaling", "export")
 
+# Train-step levers: key -> (row label, config overrides, where it can help). A lever is tried only
+# where it can help; elsewhere its row says why it was skipped (a bfloat16 step emulated on a CPU
+# without native bfloat16 ran at 0.11x the float32 step here, and costs minutes to measure).
+LEVERS = {
+    "xla": ("XLA (train.xla=true)", ["train.xla=true"], "any"),
+    "bfloat16": ("mixed_bfloat16 (train.mixed_precision=bfloat16)", ["train.mixed_precision=bfloat16"],
+                 "native_bfloat16"),
+    "float16": ("mixed_float16 (train.mixed_precision=float16)", ["train.mixed_precision=float16"], "gpu"),
+    "steps_per_execution": ("steps_per_execution 4", ["train.steps_per_execution=4"], "any"),
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
@@ -67,6 +79,7 @@ class Plan:
     lever_backbones: Optional[tuple]  # ... with these backbones (None: the preset's own)
     lever_image_size: int
     lever_steps: int
+    lever_variants: tuple  # keys of LEVERS, tried against the default train step
     inference_batches: tuple
     inference_repeats: int
     export_args: tuple
@@ -83,6 +96,7 @@ FULL = Plan(
                    ("chexnet", "CheXNet baseline (DenseNet-121)")),
     train_image_size=224, train_batch=8, train_steps=1, train_repeats=3,
     lever_preset="chexnet", lever_backbones=None, lever_image_size=224, lever_steps=1,
+    lever_variants=("xla", "bfloat16", "float16"),
     inference_batches=(1, 8, 32), inference_repeats=2,
     export_args=("--preset", "chexnet", "--image-size", "224", "--calibration", "8", "--runs", "10",
                  "--warmup", "2"),
@@ -96,6 +110,7 @@ QUICK = Plan(
     train_presets=(("small", "CAN small (tiny x2)"), ("small-baseline", "baseline small (tiny)")),
     train_image_size=64, train_batch=8, train_steps=1, train_repeats=2,
     lever_preset="small-baseline", lever_backbones=None, lever_image_size=64, lever_steps=1,
+    lever_variants=("xla", "bfloat16", "float16", "steps_per_execution"),
     inference_batches=(1, 8), inference_repeats=2,
     export_args=("--preset", "small", "--calibration", "8", "--runs", "3", "--warmup", "1"),
     scaling_backbone="tiny", scaling_sizes=(8, 16, 24), scaling_image_sizes=(32, 48, 64),
@@ -293,7 +308,9 @@ class Suite:
             f"step time / the baseline's step time, same run. "
             + (f"{can['model']} costs {can['cost_vs_baseline']:.2f}x the baseline per step: its extra cost is "
                f"{extra_cost:.2f}x a baseline step, against ~1x for the second backbone alone; the "
-               f"cross-attention layer is {100 * (can.get('attention_share') or 0):.1f}% of its forward FLOPs. "
+               f"cross-attention layer is {100 * (can.get('attention_share') or 0):.1f}% of its forward FLOPs, and "
+               f"the layer alone (forward + backward, its real feature-map shapes, batch {plan.train_batch}) takes "
+               f"{100 * (can.get('attention_time_share') or 0):.1f}% of its step time. "
                if extra_cost is not None and len(rows) > 1 else "")
             + ("Pipeline headroom = pipeline images/s (cached, same size) / training images/s; it should "
                "be >= 10." if cached else "")
@@ -302,6 +319,7 @@ class Suite:
                        [("model", "model"), ("images_per_s", "img/s"), ("step_s", "s / step"),
                         ("cost_vs_baseline", "cost x baseline"), ("forward_gflop", "fwd GFLOP / img"),
                         ("flops_vs_baseline", "FLOPs x baseline"), ("attention_share", "x-attn FLOP share"),
+                        ("attention_time_share", "x-attn time share"),
                         ("achieved_gflops", "achieved GFLOP/s"), ("peak_fraction", "of peak"),
                         ("trace_s", "trace s"), ("peak_rss_mb", "peak RSS MB"),
                         ("pipeline_headroom_cached", "pipeline headroom (cached)"),
@@ -314,10 +332,16 @@ class Suite:
         plan = self.plan
         bf16_native = self.machine["cpu"]["native_bfloat16"]
         backbones = [f"model.backbones=[{', '.join(plan.lever_backbones)}]"] if plan.lever_backbones else []
-        variants = [("default (float32, no XLA, steps_per_execution 1)", []),
-                    ("XLA (train.xla=true)", ["train.xla=true"]),
-                    ("mixed_bfloat16 (train.mixed_precision=bfloat16)", ["train.mixed_precision=bfloat16"]),
-                    ("steps_per_execution 4", ["train.steps_per_execution=4"])]
+        has = {"any": True, "native_bfloat16": bf16_native, "gpu": bool(self.machine["gpus"])}
+        why_not = {"native_bfloat16": "skipped: no avx512_bf16/amx_bf16 on this CPU (see the peak table's "
+                                      "bfloat16 matmul row)", "gpu": "skipped: no GPU"}
+        variants, skipped = [("default (float32, no XLA, steps_per_execution 1)", [])], []
+        for key in plan.lever_variants:
+            label, overrides, needs = LEVERS[key]
+            if has[needs]:
+                variants.append((label, overrides))
+            else:
+                skipped.append({"model": label, "error": why_not[needs]})
         df, class_names = self.table(plan.train_batch * plan.lever_steps)
         reuse = (self.baseline_run is not None and plan.lever_backbones is None
                  and plan.lever_preset == plan.train_presets[-1][0] and plan.lever_image_size == plan.train_image_size)
@@ -336,7 +360,7 @@ class Suite:
                 self.log(f"  {label}: warmed up")
             live = [run for run in runs if isinstance(run, TrainingRun)]
             measure_interleaved(live, plan.train_repeats)  # in turns: see section_training
-            rows = [run.row(count_flops=False) if isinstance(run, TrainingRun) else run for run in runs]
+            rows = [run.row(count_flops=False) if isinstance(run, TrainingRun) else run for run in runs] + skipped
         finally:
             for run in runs:
                 if isinstance(run, TrainingRun):
@@ -349,7 +373,7 @@ class Suite:
                                                    if plan.lever_backbones else ""))
         note = (f"One model ({model}, weights=None, "
                 f"{plan.lever_image_size} px, batch {plan.train_batch}, real images, augmented, cached), "
-                f"{plan.lever_steps} step(s) an epoch (4 with steps_per_execution 4), median of "
+                f"{plan.lever_steps} step(s) an epoch, median of "
                 f"{plan.train_repeats} epochs, each variant "
                 f"after its own warm-up, the variants timed in turns"
                 + (" (the default is the training table's baseline run, timed further)" if reuse else "")
@@ -361,7 +385,7 @@ class Suite:
         return Section("levers", "Levers on the train step", note,
                        [("model", "variant"), ("images_per_s", "img/s"), ("step_s", "s / step"),
                         ("speedup", "speedup"), ("trace_s", "trace/compile s"), ("peak_rss_mb", "peak RSS MB"),
-                        ("error", "error")], rows)
+                        ("error", "error / skipped")], rows)
 
     def section_inference(self):
         from benchmarks.common import Section
@@ -410,13 +434,19 @@ class Suite:
             row["mb"] = row["bytes"] / 1e6
             row["images_per_s"] = 1000.0 / row["ms"]
             row["latency_vs_keras"] = row["ms"] / base["ms"]
+        without = {r["quantize"]: r for r in rows if r.get("xnnpack") is False}
+        for row in rows:
+            if row.get("xnnpack") and row["quantize"] in without:
+                row["xnnpack_speedup"] = without[row["quantize"]]["ms"] / row["ms"]
         note = (f"Preset {result['preset']} at {result['image_size']} px (weights=None), one image per call, "
                 f"median of {result['runs']} calls (`benchmarks/export_latency.py`); every export verified "
-                f"against Keras by the exporters first. latency x Keras < 1 is faster than Keras.")
+                f"against Keras by the exporters first. latency x Keras < 1 is faster than Keras. Each TFLite file "
+                f"runs with the XNNPACK delegate (the interpreter's default) and without it (built-in "
+                f"kernels); XNNPACK speedup = latency without / latency with.")
         return Section("export", "Export variants: single-image latency", note,
                        [("variant", "variant"), ("mb", "size MB"), ("ms", "latency ms"),
                         ("images_per_s", "img/s (batch 1)"), ("latency_vs_keras", "latency x Keras"),
-                        ("max_abs_error", "max abs error vs Keras")], rows, extra={"raw": result})
+                        ("xnnpack_speedup", "XNNPACK speedup"), ("max_abs_error", "max abs error vs Keras")], rows, extra={"raw": result})
 
     def section_scaling(self):
         from benchmarks.common import Section

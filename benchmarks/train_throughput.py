@@ -118,6 +118,36 @@ def attention_gflop(model) -> Optional[float]:
     return cross_attention_cost(model)[1] / 1e9 if isinstance(model, CANModel) else None
 
 
+def attention_step_seconds(model, batch_size: int, *, repeats: int = 5) -> Optional[float]:
+    """Median seconds of a CAN model's cross-attention layer alone in a training step; None for a baseline.
+
+    The layer (with the model's own weights) runs forward and backward (gradients with respect to
+    its weights and to both feature maps, as in a real step) on random feature maps of the shapes it
+    sees in the model, at ``batch_size``, in one compiled ``tf.function``. Dividing by the model's
+    step time gives the share of a training step that cross-attention itself costs.
+    """
+    import tensorflow as tf
+
+    from benchmarks.common import median_time
+    from can_tf.models import CANModel
+
+    if not isinstance(model, CANModel):
+        return None
+    layer = model.get_layer("cross_attention")
+    features = [tf.random.normal((batch_size, *t.shape[1:]), dtype=t.dtype) for t in layer.input]
+
+    @tf.function
+    def step(f1, f2):
+        with tf.GradientTape() as tape:
+            tape.watch([f1, f2])
+            attended_1, attended_2, attention = layer([f1, f2])
+            total = (tf.reduce_sum(tf.cast(attended_1, tf.float32)) + tf.reduce_sum(tf.cast(attended_2, tf.float32))
+                     + tf.reduce_sum(tf.cast(attention, tf.float32)))
+        return tape.gradient(total, [f1, f2, *layer.trainable_variables])
+
+    return median_time(lambda: [g.numpy() for g in step(*features)], repeats=repeats, warmup=2)["median_s"]
+
+
 class TrainingRun:
     """One model built, compiled and warmed up (traced, cache filled), ready for timed epochs.
 
@@ -226,6 +256,9 @@ class TrainingRun:
             row["attention_gflop"] = attention_gflop(self.model)
             row["attention_share"] = (row["attention_gflop"] / row["forward_gflop"]
                                       if row["attention_gflop"] is not None else None)
+            attention_s = attention_step_seconds(self.model, tc.batch_size)
+            row["attention_step_s"] = attention_s
+            row["attention_time_share"] = attention_s / step_s if attention_s is not None else None
             row["achieved_gflops"] = TRAIN_FLOPS_PER_FORWARD * row["forward_gflop"] * row["images_per_s"]
             if peak_gflops:
                 row["peak_fraction"] = row["achieved_gflops"] / peak_gflops
