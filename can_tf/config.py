@@ -132,9 +132,16 @@ class LossConfig:
     name: str = "can"  # can | balance | bce | weighted_bce | focal
     gamma: float = 2.0  # focusing parameter of the balance and focal losses
     attention_weight: float = 1.0  # lambda of the attention loss (CAN only)
+    alpha: Optional[float] = None  # focal loss only: positive weight in [0, 1] (negatives 1 - alpha)
 
     def validate(self) -> None:
         _one_of("loss.name", self.name, ("can", "balance", "bce", "weighted_bce", "focal"))
+        if self.alpha is not None:
+            if self.name != "focal":
+                raise ConfigError(f"loss.alpha applies to loss.name='focal' only (got loss.name={self.name!r}); "
+                                  f"the balance and CAN losses weight each class by its prevalence instead")
+            if not 0.0 <= self.alpha <= 1.0:
+                raise ConfigError(f"loss.alpha must be in [0, 1], got {self.alpha}")
         if self.gamma < 0:
             raise ConfigError(f"loss.gamma must be >= 0, got {self.gamma}")
         if self.attention_weight < 0:

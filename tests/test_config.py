@@ -51,6 +51,7 @@ def test_overrides_parse_values_as_yaml():
         ("loss.gamma=-1", "loss.gamma"),
         ("train.mixed_precision=float8", "train.mixed_precision"),
         ("data.views=[LL]", "data.views"),
+        ("loss.alpha=0.25", "loss.alpha"),  # the small preset's loss is 'can', not 'focal'
     ],
 )
 def test_invalid_values_name_the_field(override, field):
@@ -67,6 +68,19 @@ def test_unknown_or_malformed_overrides_are_refused(override):
 def test_can_loss_needs_a_can_model():
     with pytest.raises(ConfigError, match="loss.name='can'"):
         RunConfig.resolve(preset="small", overrides=["model.kind=baseline", "model.backbones=[tiny]"])
+
+
+def test_focal_alpha_reaches_the_loss_and_is_range_checked():
+    from can_tf.losses.factory import build_loss
+
+    focal = ["model.kind=baseline", "model.backbones=[tiny]", "loss.name=focal"]
+    config = RunConfig.resolve(preset="small", overrides=focal + ["loss.alpha=0.25"])
+    losses, _ = build_loss(config.loss, "baseline", [0.2] * config.num_classes)
+    assert losses["fused"].get_config()["alpha"] == 0.25
+    unweighted, _ = build_loss(RunConfig.resolve(preset="small", overrides=focal).loss, "baseline", None)
+    assert unweighted["fused"].get_config()["alpha"] is None
+    with pytest.raises(ConfigError, match=r"loss\.alpha must be in \[0, 1\]"):
+        RunConfig.resolve(preset="small", overrides=focal + ["loss.alpha=1.5"])
 
 
 def test_unknown_preset_lists_the_known_ones():

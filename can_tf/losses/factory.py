@@ -76,7 +76,8 @@ def build_loss(loss_config, model_kind, class_prevalence, *, num_classes=None):
     """The ``loss`` and ``loss_weights`` dicts for ``Model.compile``, keyed by output name.
 
     Args:
-        loss_config: a :class:`can_tf.config.LossConfig` (``name``, ``gamma``, ``attention_weight``).
+        loss_config: a :class:`can_tf.config.LossConfig` (``name``, ``gamma``, ``attention_weight``,
+            ``alpha`` for the focal loss).
         model_kind: "can" (outputs fused, branch_1, branch_2) or "baseline" (output fused).
         class_prevalence: (C,) training-split positive fractions (may be None for "bce"/"focal").
         num_classes: if given, checked against the length of ``class_prevalence`` now rather than
@@ -116,8 +117,9 @@ def build_loss(loss_config, model_kind, class_prevalence, *, num_classes=None):
     else:
         per_output, branch_weight = name, 0.0
     outputs = (FUSED_OUTPUT,) + (BRANCH_OUTPUTS if model_kind == "can" else ())
+    extra = {"alpha": loss_config.alpha} if getattr(loss_config, "alpha", None) is not None else {}
     losses = {key: get_loss(per_output, class_prevalence=class_prevalence, gamma=loss_config.gamma,
-                            name=f"{key}_{per_output}")
+                            name=f"{key}_{per_output}", **extra)
               for key in outputs}
     weights = {key: 1.0 if key == FUSED_OUTPUT else branch_weight for key in outputs}
     return losses, weights
