@@ -120,6 +120,51 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     assert all(a >= b for a, b in zip(lr[5:], lr[6:]))
 
 
+def test_schedule_is_built_once_per_traced_step_and_updates_match_keras():
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from can_tf.training.optimizers import OncePerStep
+
+    class Counted(keras.optimizers.schedules.CosineDecay):
+        calls = 0
+
+        def __call__(self, step):
+            Counted.calls += 1
+            return super().__call__(step)
+
+    def schedule():
+        return Counted(0.0, decay_steps=8, warmup_target=0.1, warmup_steps=2)
+
+    def run(learning_rate):
+        """Three AdamW steps over 40 variables in a tf.function; the variables afterwards."""
+        variables = [keras.Variable(np.full((3,), i + 1.0, "float32")) for i in range(40)]
+        optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=0.5)
+        optimizer.build(variables)
+
+        @tf.function
+        def step():
+            optimizer.apply([tf.ones((3,)) * 0.1 for _ in variables], variables)
+
+        for _ in range(3):
+            step()
+        return [v.numpy() for v in variables]
+
+    Counted.calls = 0
+    expected = run(schedule())  # Keras as it is: the schedule once per variable (weight decay) + 1
+    assert Counted.calls > 40
+    Counted.calls = 0
+    got = run(OncePerStep(schedule()))
+    assert Counted.calls == 1  # one trace, one schedule graph shared by all 40 variables
+    np.testing.assert_allclose(np.stack(got), np.stack(expected), rtol=1e-6)
+    wrapped = OncePerStep(schedule())
+    assert [float(wrapped(s)) for s in (0, 1, 2, 5)] == [float(schedule()(s)) for s in (0, 1, 2, 5)]
+    plain = OncePerStep(keras.optimizers.schedules.CosineDecay(0.0, 8, warmup_target=0.1, warmup_steps=2))
+    restored = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(plain))
+    assert isinstance(restored, OncePerStep) and float(restored(1)) == pytest.approx(0.05)
+
+
 def test_optimizer_kinds_and_plateau_callback():
     import keras
 
