@@ -1,7 +1,7 @@
 """Parameter count and forward FLOPs of the model presets, and the cross-attention's share.
 
 FLOPs are counted by TensorFlow's profiler (``tf.compat.v1.profiler`` with
-``ProfileOptionBuilder.float_operation()``) on the frozen graph of the inference view (image ->
+``ProfileOptionBuilder.float_operation()``) on the traced graph of the inference view (image ->
 probabilities) at batch 1; it counts a multiply-add as 2 FLOPs and covers convolutions, matrix
 products and element-wise arithmetic. Models are built with ``weights=None`` (weights do not
 change the cost), so nothing is downloaded.
@@ -21,9 +21,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from tensorflow.python.framework.convert_to_constants import (  # noqa: E402
-    convert_variables_to_constants_v2,
-)
 
 from can_tf.config import RunConfig  # noqa: E402
 from can_tf.models import CANModel, CrossAttention, build_model, inference_model  # noqa: E402
@@ -35,13 +32,11 @@ def forward_flops(model: keras.Model) -> int:
     """FLOPs of one forward pass of ``model`` at batch 1, counted by TensorFlow's profiler."""
     specs = [tf.TensorSpec((1,) + tuple(t.shape[1:]), t.dtype) for t in model.inputs]
     function = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0], training=False))
-    frozen = convert_variables_to_constants_v2(function.get_concrete_function(*specs))
-    with tf.Graph().as_default() as graph:
-        tf.graph_util.import_graph_def(frozen.graph.as_graph_def(), name="")
-        options = (tf.compat.v1.profiler.ProfileOptionBuilder(
-            tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()).with_empty_output().build())
-        profile = tf.compat.v1.profiler.profile(graph=graph, run_meta=tf.compat.v1.RunMetadata(),
-                                                cmd="op", options=options)
+    graph = function.get_concrete_function(*specs).graph
+    options = (tf.compat.v1.profiler.ProfileOptionBuilder(
+        tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()).with_empty_output().build())
+    profile = tf.compat.v1.profiler.profile(graph=graph, run_meta=tf.compat.v1.RunMetadata(),
+                                            cmd="op", options=options)
     return int(profile.total_float_ops)
 
 

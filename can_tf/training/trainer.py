@@ -82,6 +82,9 @@ def compile_model(model, config, class_prevalence, steps_per_epoch: int):
     model.compile(optimizer=optimizer, loss=losses, loss_weights=weights,
                   steps_per_execution=config.train.steps_per_execution,
                   jit_compile=bool(config.train.xla))
+    # Create the optimizer's slots now, eagerly: left to `fit`, they are created while the first
+    # train step is traced, as lifted-initializer variables (~15% of the paper preset's tracing).
+    optimizer.build(model.trainable_variables)
     return schedule_callbacks
 
 
