@@ -1,7 +1,7 @@
 """The benchmark suite's one entry point: every measurement, one JSON file and one Markdown table.
 
 Usage:
-    python -m benchmarks.run                       # full suite, ~15 min on 2 CPU cores
+    python -m benchmarks.run                       # full suite, ~16 min on 2 CPU cores
     python -m benchmarks.run --quick               # tiny models, few steps: a smoke test
     python -m benchmarks.run --out DIR             # default benchmarks/results/ (git-ignored)
     python -m benchmarks.run --sections peak training

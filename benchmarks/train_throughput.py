@@ -7,7 +7,7 @@ what ``can-tf fit`` uses. The input is the real training pipeline
 (:func:`can_tf.data.pipeline.make_dataset`, augmentation on, memory cache) over real radiographs.
 
 ``fit`` runs ``1 + repeats`` epochs of a few steps each: the first epoch traces the train step
-(for DenseNet-121 that alone takes about a minute on 2 cores) and fills the image cache; it is
+(for DenseNet-121 that alone takes about 30 s on 2 cores) and fills the image cache; it is
 reported as ``trace_s`` (first epoch minus its steps at the steady speed). Each later epoch is one
 timing; the figure is their median. :class:`TrainingRun` keeps a warmed-up model so that several
 can be timed in turns (:func:`measure_interleaved`): a load change on a shared machine then hits
