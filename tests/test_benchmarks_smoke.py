@@ -107,6 +107,19 @@ def test_peak_flops_counts_two_n_cubed():
     assert result["gflops_best"] >= result["gflops"]
 
 
+def test_forward_flops_match_the_arithmetic_of_known_layers():
+    import keras
+
+    from benchmarks.model_cost import forward_flops
+
+    # Dense 10 -> 5: a 10x5 matrix product (2 FLOPs a multiply-add) plus 5 bias additions.
+    dense = keras.Sequential([keras.Input((10,)), keras.layers.Dense(5)])
+    assert forward_flops(dense) == 2 * 10 * 5 + 5
+    # 3x3 convolution, 3 -> 4 channels, "same" padding on 8x8: 2 x (8*8 positions) x (3*3*3) x 4.
+    conv = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, padding="same", use_bias=False)])
+    assert forward_flops(conv) == 2 * 8 * 8 * 3 * 3 * 3 * 4
+
+
 def _check_suite_results(out: Path, sections) -> dict:
     data = _strict_json(out / "results.json")
     by_key = {s["key"]: s for s in data["sections"]}

@@ -165,6 +165,28 @@ def test_schedule_is_built_once_per_traced_step_and_updates_match_keras():
     assert isinstance(restored, OncePerStep) and float(restored(1)) == pytest.approx(0.05)
 
 
+def test_compile_model_creates_the_optimizer_slots_before_any_step():
+    import keras
+
+    from can_tf.config import RunConfig
+    from can_tf.models import build_model
+    from can_tf.training.trainer import compile_model
+
+    config = RunConfig.resolve(preset="small", overrides=["model.kind=baseline", "model.backbones=[tiny]",
+                                                          "loss.name=balance", "data.image_size=32"])
+    keras.utils.set_random_seed(0)
+    model = build_model(config.model, config.num_classes, config.data.image_size)
+    compile_model(model, config, [0.2] * config.num_classes, steps_per_epoch=4)
+    optimizer = model.optimizer
+    # Built eagerly, so tracing the first train step does not create them: AdamW keeps two slots
+    # (first and second moments) per trainable variable, shaped like it.
+    assert optimizer.built
+    trainable = model.trainable_variables
+    slots = [v for v in optimizer.variables if v.path.split("/")[-1].endswith(("_momentum", "_velocity"))]
+    assert len(slots) == 2 * len(trainable)
+    assert sorted(tuple(v.shape) for v in slots) == sorted(2 * [tuple(v.shape) for v in trainable])
+
+
 def test_optimizer_kinds_and_plateau_callback():
     import keras
 

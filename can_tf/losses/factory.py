@@ -117,7 +117,7 @@ def build_loss(loss_config, model_kind, class_prevalence, *, num_classes=None):
     else:
         per_output, branch_weight = name, 0.0
     outputs = (FUSED_OUTPUT,) + (BRANCH_OUTPUTS if model_kind == "can" else ())
-    extra = {"alpha": loss_config.alpha} if getattr(loss_config, "alpha", None) is not None else {}
+    extra = {"alpha": loss_config.alpha} if loss_config.alpha is not None else {}
     losses = {key: get_loss(per_output, class_prevalence=class_prevalence, gamma=loss_config.gamma,
                             name=f"{key}_{per_output}", **extra)
               for key in outputs}

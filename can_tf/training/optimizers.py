@@ -11,10 +11,10 @@
 
 Keras's decoupled weight decay reads ``optimizer.learning_rate`` once per variable, and a schedule
 is a small graph of its own (the warm-up is a ``cond``): for the two DenseNet-121s of the paper
-preset (~1,450 variables) that made ~1,450 copies of the schedule in the traced train step and
-nearly half of the first epoch's tracing time. :class:`OncePerStep` computes the schedule once per
-traced step and hands the same tensor to every variable (measured with
-``python -m benchmarks.train_throughput --preset paper``; see the benchmarks README).
+preset (~1,450 variables) that made ~1,450 copies of the schedule in the traced train step, about
+a quarter of the first epoch in a profile. :class:`OncePerStep` computes the schedule once per
+traced step and hands the same tensor to every variable (the suite's figures before and after:
+``benchmarks/README.md``).
 
 Example:
     >>> from can_tf.config import TrainConfig
