@@ -43,6 +43,7 @@ from can_tf.labels import CLASS_NAMES, NO_FINDING
 THRESHOLDS_FILE = "thresholds.json"
 CONFIG_FILE = "config.yaml"
 LABELS_FILE = "labels.txt"
+PROVENANCE_FILE = "provenance.json"
 # Folders below a model where metadata may sit (TF Serving copies assets.extra/ with the model).
 _METADATA_SUBDIRS = ("", "assets.extra", "assets")
 
@@ -58,14 +59,18 @@ def model_format(path: str | os.PathLike) -> str:
     Raises:
         ModelFormatError: naming the path, when it is none of them.
     """
+    from can_tf.run import RunError, is_run_dir, open_run
+
     path = Path(path)
     if path.is_dir():
-        if (path / CONFIG_FILE).is_file() and (path / "best.keras").is_file():
+        if is_run_dir(path):
+            try:
+                open_run(path)
+            except RunError as e:
+                raise ModelFormatError(str(e)) from None
             return "run"
         if (path / "saved_model.pb").is_file() or _latest_version(path) is not None:
             return "saved_model"
-        if (path / CONFIG_FILE).is_file():
-            raise ModelFormatError(f"run directory {path} has no best.keras yet (has training finished an epoch?)")
         raise ModelFormatError(
             f"{path} is a folder but neither a run directory (config.yaml + best.keras) nor a "
             f"SavedModel (saved_model.pb)"
@@ -105,25 +110,20 @@ def find_metadata(model_path: str | os.PathLike, name: str) -> Optional[Path]:
     return None
 
 
-def read_run_config(path: str | os.PathLike):
-    """A :class:`can_tf.config.RunConfig` from a saved ``config.yaml`` (exactly, no preset merge)."""
-    import yaml
-
-    from can_tf.config import ConfigError, RunConfig
-
+def read_provenance(model_path, run=None) -> Optional[dict]:
+    """The provenance record of a model: its run's, or the ``provenance.json`` an export carries."""
+    if run is not None:
+        return run.provenance()
+    path = find_metadata(model_path, PROVENANCE_FILE)
+    if path is None:
+        stem = Path(model_path).with_suffix(".provenance.json")
+        path = stem if stem.is_file() else None
+    if path is None:
+        return None
     try:
-        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read run config {path}: {e}") from None
-    return RunConfig.from_dict(values, where=str(path))
-
-
-def load_thresholds(path: str | os.PathLike, class_names: Optional[Sequence[str]] = None):
-    """:class:`can_tf.evaluation.thresholds.Thresholds` from a ``thresholds.json``, checked
-    against the model's ``class_names`` when given."""
-    from can_tf.evaluation.thresholds import Thresholds
-
-    return Thresholds.from_json(path, class_names=class_names)
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelFormatError(f"cannot read {path}: {e}") from None
 
 
 # ---- the backends -----------------------------------------------------------------------------
@@ -324,13 +324,21 @@ class Predictor:
     """
 
     def __init__(self, backend: Callable, *, image_size: int, class_names: Sequence[str],
-                 thresholds=None, format: str = "", path: str = ""):
+                 thresholds=None, format: str = "", path: str = "", provenance: Optional[dict] = None):
         self._backend = backend
         self.image_size = int(image_size)
         self.class_names = list(class_names)
         self.thresholds = thresholds
         self.format = format
         self.path = path
+        self.provenance = provenance
+
+    @property
+    def warning(self) -> Optional[str]:
+        """The bold "not a diagnostic model" line when the model was trained on phantom data."""
+        from can_tf.provenance import phantom_warning
+
+        return phantom_warning(self.provenance)
 
     @property
     def keras_model(self):
@@ -346,13 +354,16 @@ class Predictor:
     @classmethod
     def load(cls, model_path: str | os.PathLike, *, use_thresholds: bool = True) -> "Predictor":
         """Loads ``model_path`` (run dir, ``.keras``, SavedModel folder, ``.tflite``) and its metadata."""
+        from can_tf.run import read_config, read_thresholds, run_of_model
+
         path = Path(model_path)
         fmt = model_format(path)
-        weights = path / "best.keras" if fmt == "run" else path
+        run = run_of_model(path) if fmt in ("run", "keras") else None
+        weights = run.best_model if fmt == "run" else path
         backend = _BACKENDS["keras" if fmt == "run" else fmt](weights)
 
-        config_path = find_metadata(path, CONFIG_FILE)
-        config = read_run_config(config_path) if config_path else None
+        config_path = run.config_path if run is not None else find_metadata(path, CONFIG_FILE)
+        config = read_config(config_path) if config_path else None
         image_size = backend.image_size or (config.data.image_size if config else None)
         if not image_size:
             raise ModelFormatError(f"{path}: the model does not fix its input size and no {CONFIG_FILE} "
@@ -375,17 +386,17 @@ class Predictor:
                                    f"{backend.num_classes} outputs")
         thresholds = None
         if use_thresholds:
-            thresholds_path = find_metadata(path, THRESHOLDS_FILE)
-            if thresholds_path is not None:
-                thresholds = load_thresholds(thresholds_path, class_names)
+            thresholds_path = run.thresholds_path if run is not None else find_metadata(path, THRESHOLDS_FILE)
+            if thresholds_path is not None and thresholds_path.is_file():
+                thresholds = read_thresholds(thresholds_path, class_names)
         return cls(backend, image_size=image_size, class_names=class_names, thresholds=thresholds,
-                   format=fmt, path=str(path))
+                   format=fmt, path=str(path), provenance=read_provenance(path, run))
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """float32 ``(B, S, S, 1)`` in [0, 255] -> probabilities ``(B, C)``.
 
         Raises:
-            ValueError: the images are not ``(B, S, S, 1)`` at the model's size.
+            ValueError: the images are not ``(B, S, S, 1)`` at the model's size, or hold NaN/inf.
         """
         images = np.asarray(images, dtype=np.float32)
         if images.ndim != 4 or images.shape[1:3] != (self.image_size, self.image_size):
@@ -393,6 +404,12 @@ class Predictor:
                              f"got {images.shape}")
         if len(images) == 0:
             return np.zeros((0, len(self.class_names)), np.float32)
+        finite = np.isfinite(images).all(axis=(1, 2, 3))
+        if not finite.all():
+            # A NaN pixel may vanish in a pooling kernel or spread to every class: refuse it here.
+            bad = np.flatnonzero(~finite)
+            raise ValueError(f"image(s) {', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''} of the "
+                             f"batch hold non-finite pixel values (NaN or inf); pixels must be in [0, 255]")
         return self._backend(images)
 
     def predict_files(self, paths: Sequence[str], *, batch_size: int = 32,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 
@@ -22,7 +24,11 @@ import click
                    "youden, sensitivity:0.9 (any target) or none.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
-def evaluate(model, data, split, n_boot, out_dir, references, thresholds, batch_size, seed):
+@click.option("--image-root", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Folder holding the images (data.image_root), as for fit.")
+@click.option("--set", "overrides", multiple=True, metavar="data.FIELD=VALUE",
+              help="Override a data field as in fit, e.g. --set data.views=[PA] (repeatable).")
+def evaluate(model, data, split, n_boot, out_dir, references, thresholds, batch_size, seed, image_root, overrides):
     """Evaluate a run (or any saved model) per class, like the paper's table.
 
     \b
@@ -30,6 +36,7 @@ def evaluate(model, data, split, n_boot, out_dir, references, thresholds, batch_
       can-tf evaluate runs/small-1a2b3c4d
       can-tf evaluate runs/paper --references --thresholds sensitivity:0.9
       can-tf evaluate exports/tflite/can_dynamic.tflite --data /data/ChestX-ray14 --split all
+      can-tf evaluate runs/paper --data /data/ChestX-ray14 --image-root /data/ChestX-ray14/images_001
     Writes report.md, report.csv, report.json and roc.png; thresholds go to <run>/thresholds.json.
     """
     from can_tf.config import ConfigError
@@ -37,7 +44,11 @@ def evaluate(model, data, split, n_boot, out_dir, references, thresholds, batch_
     from can_tf.evaluation.metrics import EvaluationError
     from can_tf.evaluation.model_evaluation import evaluate_model, parse_threshold_method
     from can_tf.predictor import ModelFormatError
+    from can_tf.run import RunError
 
+    flags = list(overrides)
+    if image_root is not None:
+        flags.insert(0, f"data.image_root={json.dumps(image_root)}")
     try:
         parse_threshold_method(thresholds)
     except EvaluationError as e:
@@ -45,8 +56,10 @@ def evaluate(model, data, split, n_boot, out_dir, references, thresholds, batch_
     try:
         result = evaluate_model(model, data=data, split=split, n_boot=n_boot, out_dir=out_dir,
                                 references="all" if references else (), thresholds=thresholds,
-                                batch_size=batch_size, seed=seed)
-    except (ConfigError, DataError, EvaluationError, ModelFormatError) as e:
+                                batch_size=batch_size, seed=seed, data_overrides=flags)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+    except (DataError, EvaluationError, ModelFormatError, RunError) as e:
         raise click.ClickException(str(e)) from None
 
     click.echo(result.report.to_markdown())

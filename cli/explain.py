@@ -43,17 +43,21 @@ def explain(model, inputs, class_name, method, branch, out_dir, bbox_file, bbox_
         raise click.BadParameter("needs --bbox (the boxes say which images to explain)", param_hint="--only-boxed")
     from can_tf.data.errors import DataError
     from can_tf.explanation.explain import explain_files
-    from can_tf.predictor import ModelFormatError
+    from can_tf.predictor import ModelFormatError, Predictor
+    from can_tf.run import RunError
 
     try:
         from can_tf.inputs import expand_inputs
 
         total = len(expand_inputs(inputs))
+        predictor = Predictor.load(model, use_thresholds=False)
+        if predictor.warning:
+            click.echo(predictor.warning, err=True)
         with click.progressbar(length=total, label="Explaining", file=sys.stderr, hidden=total < 32) as bar:
-            result = explain_files(model, inputs, class_name, method=method, branch=branch, out_dir=out_dir,
+            result = explain_files(predictor, inputs, class_name, method=method, branch=branch, out_dir=out_dir,
                                    bbox_file=bbox_file, box_space=bbox_space, only_with_boxes=only_boxed,
                                    batch_size=batch_size, on_batch=bar.update)
-    except (DataError, ModelFormatError, ValueError) as e:
+    except (DataError, ModelFormatError, RunError, ValueError) as e:
         raise click.ClickException(str(e)) from None
 
     click.echo(f"{len(result.overlays)} overlay(s) written to {out_dir}", err=True)

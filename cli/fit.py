@@ -31,7 +31,10 @@ def _format_auroc_table(test_auroc: dict, mean: float, title: str) -> str:
 @click.option("--batch-size", type=int, default=None, help="Global batch size (train.batch_size).")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
               help="Override any config field, e.g. --set train.learning_rate=0.0001 (repeatable).")
-def fit(preset, config_file, data, run_dir, epochs, batch_size, overrides):
+@click.option("--extend", is_flag=True,
+              help="Train a finished run further, up to --epochs (its metrics.json is kept as "
+                   "metrics-<N>-epochs.json).")
+def fit(preset, config_file, data, run_dir, epochs, batch_size, overrides, extend):
     """Train a CAN or baseline model and report per-class test AUROC.
 
     \b
@@ -39,6 +42,7 @@ def fit(preset, config_file, data, run_dir, epochs, batch_size, overrides):
       can-tf fit                                   # small preset on built-in phantom data
       can-tf fit --data /data/ChestX-ray14 --preset paper
       can-tf fit --config my.yaml --set train.epochs=5 --run-dir runs/try1
+      can-tf fit --run-dir runs/try1 --epochs 20 --extend   # 20 epochs in all, from the last one
     Interrupted? Run the same command again: it resumes after the last finished epoch.
     """
     from can_tf.config import ConfigError, RunConfig
@@ -56,14 +60,17 @@ def fit(preset, config_file, data, run_dir, epochs, batch_size, overrides):
         raise click.UsageError(str(e)) from None
 
     from can_tf.data.errors import DataError
+    from can_tf.run import RunError
     from can_tf.training import train
 
     try:
-        result = train(config)
+        result = train(config, extend=extend)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
     except DataError as e:
         raise click.ClickException(f"data error: {e}") from None
+    except RunError as e:
+        raise click.ClickException(str(e)) from None
 
     if not result.is_chief:
         return

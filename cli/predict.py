@@ -41,15 +41,18 @@ def predict(model, inputs, out_path, batch_size, no_thresholds, path_column):
     from can_tf.data.errors import DataError
     from can_tf.inputs import expand_inputs
     from can_tf.predictor import ModelFormatError, Predictor
+    from can_tf.run import RunError
 
     try:
         paths = expand_inputs(inputs, path_column=path_column)
         predictor = Predictor.load(model, use_thresholds=not no_thresholds)
-    except (DataError, ModelFormatError) as e:
+    except (DataError, ModelFormatError, RunError) as e:
         raise click.ClickException(str(e)) from None
     except ValueError as e:  # thresholds.json that does not fit the model
         raise click.ClickException(str(e)) from None
 
+    if predictor.warning:
+        click.echo(predictor.warning, err=True)
     show_bar = len(paths) >= _PROGRESS_MIN_FILES
     with click.progressbar(length=len(paths), label="Predicting", file=sys.stderr,
                            hidden=not show_bar) as bar:
@@ -67,5 +70,7 @@ def predict(model, inputs, out_path, batch_size, no_thresholds, path_column):
             click.echo(f"  {reason if path in reason else f'{path}: {reason}'}", err=True)
         if len(result.errors) > 20:
             click.echo(f"  ... and {len(result.errors) - 20} more (see {written})", err=True)
+    if predictor.warning:
+        click.echo(predictor.warning, err=True)  # again after the results: the line a user reads last
     if result.num_predicted == 0:
         raise click.exceptions.Exit(1)

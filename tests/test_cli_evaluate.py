@@ -35,7 +35,8 @@ def test_evaluate_run_report_matches_sklearn_and_saves_thresholds(run_dir):
     from can_tf.data.pipeline import make_dataset
     from can_tf.data.splits import read_splits
     from can_tf.data.table import load_table
-    from can_tf.predictor import Predictor, read_run_config
+    from can_tf.predictor import Predictor
+    from can_tf.run import read_config as read_run_config
 
     result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--bootstrap", "50"])
     assert result.exit_code == 0, result.output

@@ -104,6 +104,7 @@ def evaluate_model(
     batch_size: int = 32,
     seed: int = 0,
     on_batch: Optional[Callable[[int], None]] = None,
+    data_overrides: Sequence[str] = (),
 ) -> ModelEvaluation:
     """Evaluates ``model`` and writes the report (Markdown, CSV, JSON, ROC PNG).
 
@@ -120,89 +121,107 @@ def evaluate_model(
         thresholds: ``youden``, ``sensitivity:<target>`` or ``none``; chosen on the val split.
         batch_size: images per forward pass.
         on_batch: progress callback, called with the number of images of each batch.
+        data_overrides: ``data.field=value`` strings applied to the data config as in ``fit``
+            (e.g. ``data.image_root=/data/images``, ``data.views=[PA]``).
     """
     from can_tf.config import RunConfig
     from can_tf.data.splits import make_splits, read_splits
     from can_tf.data.table import load_table
     from can_tf.evaluation.report import EvaluationReport
     from can_tf.evaluation.thresholds import choose_thresholds
-    from can_tf.predictor import CONFIG_FILE, Predictor, find_metadata, model_format, read_run_config
+    from can_tf.predictor import CONFIG_FILE, Predictor, find_metadata, model_format
+    from can_tf.run import read_config, run_of_model
 
     method, target = parse_threshold_method(thresholds)
     if split is not None and split not in SPLITS:
         raise EvaluationError(f"--split must be one of {', '.join(SPLITS)}; got {split!r}")
     model = Path(model)
     fmt = model_format(model)
-    run_dir = model if fmt == "run" else (model.parent if fmt == "keras" and (model.parent / "splits").is_dir()
-                                          and (model.parent / CONFIG_FILE).is_file() else None)
-    config_path = find_metadata(model, CONFIG_FILE)
+    run = run_of_model(model) if fmt in ("run", "keras") else None
+    run_dir = run.root if run is not None and run.splits.is_dir() else None
+    config_path = run.config_path if run is not None else find_metadata(model, CONFIG_FILE)
     if config_path is not None:
-        config = read_run_config(config_path)
+        config = read_config(config_path)
     elif data is None:
         raise EvaluationError(f"{model} carries no {CONFIG_FILE} naming its data; give --data")
     else:
         config = RunConfig.from_preset("small")
     predictor = Predictor.load(model, use_thresholds=False)
+    if run is not None:
+        run.lock()  # its report and thresholds are written into the run: not while it trains
+    try:
+        own_data = data is None or (config.data.source is not None and
+                                    os.path.abspath(data) == os.path.abspath(config.data.source))
+        if data is not None:
+            config.data.source, config.data.format, config.data.label_file = data, "auto", None
+            config.data.split_dir = None
+        config = _with_data_overrides(config, data_overrides)
+        config.data.image_size = predictor.image_size
+        split = split or ("test" if own_data else "all")
+        notes = []
+        if predictor.warning and not own_data:
+            notes.append(predictor.warning)
 
-    own_data = data is None or (config.data.source is not None and
-                                os.path.abspath(data) == os.path.abspath(config.data.source))
-    if data is not None:
-        config.data.source, config.data.format, config.data.label_file = data, "auto", None
-        config.data.split_dir = None
-    config.data.image_size = predictor.image_size
-    split = split or ("test" if own_data else "all")
-    notes = []
-
-    df, class_names = load_table(config.data)
-    if list(class_names) != list(predictor.class_names):
-        raise EvaluationError(f"the data's classes {class_names} differ from the model's {predictor.class_names}")
-    if own_data and run_dir is not None and (run_dir / "splits").is_dir():
-        splits = read_splits(run_dir / "splits", df)
-        notes.append(f"splits read from {run_dir / 'splits'}")
-    elif split == "all":
-        splits = {}
-    else:
-        splits = make_splits(df, config.data, allow_empty=("test", "val", "train"))
-        notes.append(f"splits made from the config ({config.data.split} split, seed {config.data.seed})")
-    if method and not own_data:
-        # Thresholds belong to the model's own validation data; other data must not replace them.
-        method = None
-        notes.append("thresholds not chosen: --data is not the run's own data")
-    splits = dict(splits)
-    splits["all"] = df
-    evaluated = splits[split]
-    if len(evaluated) == 0:
-        raise EvaluationError(f"the {split} split is empty")
-
-    y_true, y_prob = predict_table(predictor, evaluated, class_names, batch_size, on_batch)
-    report = EvaluationReport(
-        y_true, y_prob, evaluated["patient_id"].astype(str).to_numpy(), class_names, split=split,
-        model_name=_model_name(model, fmt), split_description=_split_description(config.data, split, own_data),
-        n_boot=n_boot, seed=seed, references=references,
-    )
-    if out_dir is None:
-        out_dir = (run_dir / "eval" / split) if run_dir is not None else Path(f"eval-{_model_name(model, fmt)}-{split}")
-    files = report.save(out_dir, overwrite=True)
-
-    chosen, thresholds_path = None, None
-    if method:
-        val = splits.get("val")
-        if val is None or len(val) == 0:
-            notes.append("thresholds not chosen: no validation split")
+        df, class_names = load_table(config.data)
+        if list(class_names) != list(predictor.class_names):
+            raise EvaluationError(f"the data's classes {class_names} differ from the model's {predictor.class_names}")
+        if own_data and run_dir is not None and (run_dir / "splits").is_dir():
+            splits = read_splits(run_dir / "splits", df)
+            notes.append(f"splits read from {run_dir / 'splits'}")
+        elif split == "all":
+            splits = {}
         else:
-            if split == "val":
-                y_val, p_val = y_true, y_prob
+            splits = make_splits(df, config.data, allow_empty=("test", "val", "train"))
+            notes.append(f"splits made from the config ({config.data.split} split, seed {config.data.seed})")
+        if method and not own_data:
+            # Thresholds belong to the model's own validation data; other data must not replace them.
+            method = None
+            notes.append("thresholds not chosen: --data is not the run's own data")
+        splits = dict(splits)
+        splits["all"] = df
+        evaluated = splits[split]
+        if len(evaluated) == 0:
+            raise EvaluationError(f"the {split} split is empty")
+
+        y_true, y_prob = predict_table(predictor, evaluated, class_names, batch_size, on_batch)
+        report = EvaluationReport(
+            y_true, y_prob, evaluated["patient_id"].astype(str).to_numpy(), class_names, split=split,
+            model_name=_model_name(model, fmt), split_description=_split_description(config.data, split, own_data),
+            n_boot=n_boot, seed=seed, references=references, provenance=predictor.provenance,
+        )
+        if out_dir is None:
+            out_dir = (run_dir / "eval" / split) if run_dir is not None else Path(f"eval-{_model_name(model, fmt)}-{split}")
+        files = report.save(out_dir, overwrite=True)
+
+        chosen, thresholds_path = None, None
+        if method:
+            val = splits.get("val")
+            if val is None or len(val) == 0:
+                notes.append("thresholds not chosen: no validation split")
             else:
-                y_val, p_val = predict_table(predictor, val, class_names, batch_size, on_batch)
-            chosen = choose_thresholds(y_val, p_val, class_names, method=method,
-                                       target_sensitivity=target if target is not None else 0.9)
-            thresholds_path = _thresholds_target(model, fmt, Path(out_dir))
-            chosen.to_json(thresholds_path)
-            if fallback := chosen.fallback:
-                notes.append(f"{len(fallback)} class(es) had no usable validation labels and use 0.5: "
-                             f"{', '.join(fallback)}")
-    return ModelEvaluation(report=report, files=files, split=split, num_images=len(evaluated),
-                           thresholds=chosen, thresholds_path=thresholds_path, notes=notes)
+                if split == "val":
+                    y_val, p_val = y_true, y_prob
+                else:
+                    y_val, p_val = predict_table(predictor, val, class_names, batch_size, on_batch)
+                chosen = choose_thresholds(y_val, p_val, class_names, method=method,
+                                           target_sensitivity=target if target is not None else 0.9)
+                # Where `predict` looks: the run, the .keras file's folder; an export is never modified
+                # in place, so its thresholds go to the report folder.
+                if run is not None:
+                    thresholds_path = run.thresholds_path
+                elif fmt == "keras":
+                    thresholds_path = model.parent / "thresholds.json"
+                else:
+                    thresholds_path = Path(out_dir) / "thresholds.json"
+                chosen.to_json(thresholds_path)
+                if fallback := chosen.fallback:
+                    notes.append(f"{len(fallback)} class(es) had no usable validation labels and use 0.5: "
+                                 f"{', '.join(fallback)}")
+        return ModelEvaluation(report=report, files=files, split=split, num_images=len(evaluated),
+                               thresholds=chosen, thresholds_path=thresholds_path, notes=notes)
+    finally:
+        if run is not None:
+            run.unlock()
 
 
 def _model_name(model: Path, fmt: str) -> str:
@@ -222,11 +241,15 @@ def _split_description(data_config, split: str, own_data: bool) -> str:
     return f"random {fractions} patient split, seed {data_config.seed}"
 
 
-def _thresholds_target(model: Path, fmt: str, out_dir: Path) -> Path:
-    """Where ``predict`` will look: the run directory, the ``.keras`` file's folder; an export is
-    never modified in place, so its thresholds go to the report folder."""
-    if fmt == "run":
-        return model / "thresholds.json"
-    if fmt == "keras":
-        return model.parent / "thresholds.json"
-    return out_dir / "thresholds.json"
+def _with_data_overrides(config, overrides: Sequence[str]):
+    """``config`` with ``data.*`` overrides applied; any other section is refused by name."""
+    from can_tf.config import ConfigError
+
+    for item in overrides:
+        if not item.strip().startswith("data."):
+            raise ConfigError(f"override {item!r}: only data.* fields apply here (the model is already trained)")
+    if not overrides:
+        return config
+    updated = config.with_overrides(list(overrides))
+    updated.data.validate()
+    return updated

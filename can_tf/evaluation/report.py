@@ -93,6 +93,8 @@ class EvaluationReport:
         n_boot, seed, confidence: bootstrap settings (see :func:`bootstrap_metrics`).
         references: published results to show beside ours: ``"all"``, or names / objects from
             :mod:`can_tf.evaluation.reference_results`.
+        provenance: the model's :mod:`can_tf.provenance` record (data, splits, preset, epoch,
+            versions), shown under the table; a phantom-trained model gets a bold warning on top.
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class EvaluationReport:
         seed: int = 0,
         confidence: float = 0.95,
         references=(),
+        provenance: Optional[dict] = None,
     ):
         self.class_names = tuple(class_names)
         self.y_true, self.y_prob = check_predictions(y_true, y_prob, self.class_names)
@@ -130,6 +133,7 @@ class EvaluationReport:
         self.by_patient = patient_ids is not None
         self.n_boot, self.seed, self.confidence = int(n_boot), int(seed), float(confidence)
         self.references = _resolve_references(references)
+        self.provenance = provenance
 
     # ----------------------------------------------------------------------------------------
     # Rows: the one table every output format is written from.
@@ -197,7 +201,11 @@ class EvaluationReport:
         pct = f"{self.confidence * 100:g}%"
         per_class_refs = [r for r in self.references if r.per_class is not None]
         mean_refs = [r for r in self.references if r.per_class is None]
+        from can_tf.provenance import phantom_warning, summary_lines
+
         lines = [f"# Evaluation of {self.model_name} on {self.split}", ""]
+        if phantom_warning(self.provenance):
+            lines += [phantom_warning(self.provenance), ""]
         split_text = f" ({self.split_description})" if self.split_description else ""
         resampled = "patient" if self.by_patient else "image"
         lines += [
@@ -257,6 +265,8 @@ class EvaluationReport:
             for ref in self.references:
                 check = "verified against it" if ref.verified else "not verified"
                 lines.append(f"- {ref.name}: {ref.source}, {check}; split: {ref.split}.")
+        if self.provenance:
+            lines += ["", "Model provenance:", ""] + summary_lines(self.provenance)
         return "\n".join(lines) + "\n"
 
     def to_markdown_file(self, path: PathLike) -> Path:
@@ -296,6 +306,7 @@ class EvaluationReport:
                 "resampled": "patients" if self.by_patient else "images",
                 "interval": "percentile",
             },
+            "provenance": self.provenance,
             "classes": rows[:-1],
             "mean": rows[-1] | {"num_classes_averaged": self.metrics.num_classes_averaged},
             "references": [

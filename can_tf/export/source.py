@@ -45,6 +45,7 @@ class ExportSource:
         thresholds_path: the ``thresholds.json`` they came from (copied into exports as is).
         config_path: the run's ``config.yaml``, copied into SavedModel exports when known.
         run_dir: the run directory, when the model came from one (its split gives sample images).
+        provenance: where the model comes from (data, splits, preset, epoch, versions), or None.
     """
 
     model: object
@@ -55,6 +56,7 @@ class ExportSource:
     config_path: Optional[Path] = None
     run_dir: Optional[Path] = None
     model_path: Optional[Path] = None
+    provenance: Optional[dict] = None  # the run's record (can_tf.provenance), carried into every export
 
     @classmethod
     def from_model(cls, model, class_names: Optional[Sequence[str]] = None, thresholds=None) -> "ExportSource":
@@ -150,14 +152,21 @@ def load_source(path: PathLike) -> ExportSource:
     Raises:
         ExportError: naming the path when it is neither, or what is missing or unreadable.
     """
+    from can_tf.config import ConfigError
+    from can_tf.run import RunError, is_run_dir, open_run, run_of_model
+
     path = Path(path)
     if path.is_dir():
-        run_dir, model_path = path, path / "best.keras"
-        if not model_path.is_file():
-            raise ExportError(f"{path} is a folder without best.keras; give a run directory or a .keras file")
+        if not is_run_dir(path):
+            raise ExportError(f"{path} is a folder but not a run directory (no config.yaml); give a run "
+                              f"directory or a .keras file")
+        try:
+            run = open_run(path)
+        except RunError as e:
+            raise ExportError(str(e)) from None
+        model_path = run.best_model
     elif path.is_file() and path.suffix == ".keras":
-        model_path = path
-        run_dir = path.parent if (path.parent / "config.yaml").is_file() else None
+        model_path, run = path, run_of_model(path)
     elif not path.exists():
         raise ExportError(f"{path} does not exist; give a run directory or a .keras file")
     else:
@@ -165,31 +174,27 @@ def load_source(path: PathLike) -> ExportSource:
     model = load_keras_model(model_path)
     source = ExportSource.from_model(model)
     source.model_path = model_path
-    if run_dir is not None:
-        from can_tf.config import ConfigError, RunConfig
-
-        config_path = run_dir / "config.yaml"
+    if run is not None:
         try:
-            config = RunConfig.from_file(str(config_path))
+            config = run.config()
+            source.provenance = run.provenance()
+            thresholds = None
+            if run.thresholds_path.is_file():
+                thresholds = run.thresholds(list(config.data.class_names))
         except ConfigError as e:
-            raise ExportError(f"cannot read the run's config {config_path}: {e}") from None
-        source.run_dir, source.config_path = run_dir, config_path
+            raise ExportError(f"cannot read the run's config {run.config_path}: {e}") from None
+        except (RunError, ValueError) as e:
+            raise ExportError(f"cannot use run {run.root}: {e}") from None
+        source.run_dir, source.config_path = run.root, run.config_path
         source.class_names = list(config.data.class_names)
         if config.data.image_size != source.image_size:
             raise ExportError(
-                f"{config_path} says data.image_size={config.data.image_size} but {model_path} takes "
+                f"{run.config_path} says data.image_size={config.data.image_size} but {model_path} takes "
                 f"{source.image_size} px images"
             )
-        thresholds_path = run_dir / "thresholds.json"
-        if thresholds_path.is_file():
-            from can_tf.evaluation.thresholds import Thresholds
-
-            try:
-                thresholds = Thresholds.from_json(thresholds_path, class_names=source.class_names)
-            except ValueError as e:
-                raise ExportError(f"cannot use {thresholds_path}: {e}") from None
+        if thresholds is not None:
             source.thresholds = [float(v) for v in thresholds.values]
-            source.thresholds_path = thresholds_path
+            source.thresholds_path = run.thresholds_path
     source.logits_model()  # checks the outputs against the class names now, not mid-export
     return source
 
@@ -265,12 +270,12 @@ def sample_images(source: ExportSource, images=None, *, limit: int = 8, split: s
 
 
 def _run_split_paths(source: ExportSource, split: str) -> list:
-    from can_tf.config import RunConfig
     from can_tf.data.splits import read_splits
     from can_tf.data.table import load_table
+    from can_tf.run import read_config
 
     try:
-        config = RunConfig.from_file(str(source.config_path))
+        config = read_config(source.config_path)
         df, _ = load_table(config.data)
         frame = read_splits(source.run_dir / "splits", df)[split]
     except Exception as e:  # data errors name their file; keep that message

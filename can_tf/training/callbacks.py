@@ -3,8 +3,8 @@
 - `ValidationAUROC`: predicts the validation split after every epoch and puts the mean of the
   defined per-class AUROCs into ``logs["val_mean_auroc"]`` (what early stopping, reduce-on-plateau
   and the best-model checkpoint watch).
-- `BestModelCheckpoint`: writes ``best.keras`` atomically whenever that value improves, as an
-  inference-ready model with no optimizer state.
+- `RunCheckpoint`: commits every epoch to the run directory (checkpoint, history row, and
+  ``best.keras`` / ``model.keras`` whenever that value improves, with no optimizer state).
 - `NaNGuard`: stops on a NaN/inf loss, puts back the weights of the last finished epoch and writes
   them to ``last_good.keras``.
 - `EpochLogger`: adds ``epoch_seconds`` and ``learning_rate`` to the logs and, when no progress bar
@@ -149,7 +149,9 @@ class _InferenceTwin:
         self.model_factory = model_factory
         self._twin = None
 
-    def save(self, model, path) -> None:
+    def save(self, model, path, inference_path=None) -> None:
+        """Saves the weights of ``model`` as ``path`` (and, given ``inference_path``, as the
+        probabilities-only view of `can_tf.models.inference_model` there), each atomically."""
         if self._twin is None:
             previous = keras.mixed_precision.global_policy()
             keras.mixed_precision.set_global_policy("float32")
@@ -159,34 +161,54 @@ class _InferenceTwin:
                 keras.mixed_precision.set_global_policy(previous)
         self._twin.set_weights(model.get_weights())
         save_model_atomically(self._twin, path)
+        if inference_path is not None:
+            from can_tf.models import inference_model
+
+            save_model_atomically(inference_model(self._twin), inference_path)
 
 
-class BestModelCheckpoint(keras.callbacks.Callback):
-    """Saves an inference-ready model to ``path`` whenever ``logs[monitor]`` reaches a new maximum.
+class RunCheckpoint(keras.callbacks.Callback):
+    """Commits every finished epoch to the run directory (`can_tf.run.Run.commit_epoch`).
 
-    ``model_factory()`` must build the same architecture as the trained model (it is filled with the
-    trained weights); ``initial_best`` carries the best value over from before a resume.
+    The epoch's weights and optimizer state, its history row and, when ``logs[monitor]`` reaches a
+    new maximum, the best model (``best.keras``, the training graph, and ``model.keras``, its
+    probabilities view) — all in one crash-safe commit. Must run after every callback that adds to
+    ``logs``. ``initial_best`` carries the best value over from before a resume; ``publish=False``
+    (a non-chief worker) checkpoints without publishing models or history.
     """
 
-    def __init__(self, path, model_factory, monitor: str = "val_mean_auroc",
-                 initial_best: Optional[float] = None):
+    def __init__(self, run, model_factory, monitor: str = "val_mean_auroc",
+                 initial_best: Optional[float] = None, checkpoint_dir=None, publish: bool = True):
         super().__init__()
-        self.path = path
+        self.run = run
         self.monitor = monitor
         self.best = initial_best
         self.best_epoch = None
+        self.checkpoint_dir = checkpoint_dir
+        self.publish = publish
         self._twin = _InferenceTwin(model_factory)
 
-    def save_current(self, path=None):
-        self._twin.save(self.model, path or self.path)
+    def save_models(self, best_path, inference_path=None) -> None:
+        """Writes the current weights as an inference-ready ``best_path`` (+ its probabilities view)."""
+        self._twin.save(self.model, best_path, inference_path)
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is None or not math.isfinite(value):
-            return
-        if self.best is None or value > self.best:
+        logs = logs or {}
+        row = {k: float(v) for k, v in logs.items() if _is_scalar(v)}
+        value = row.get(self.monitor)
+        improved = value is not None and math.isfinite(value) and (self.best is None or value > self.best)
+        self.run.commit_epoch(epoch, row, self.model, save_best=self.save_models if improved else None,
+                              checkpoint_dir=self.checkpoint_dir, publish=self.publish)
+        if improved:
             self.best, self.best_epoch = float(value), epoch
-            self.save_current()
+
+
+def _is_scalar(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return np.ndim(value) == 0
 
 
 class NaNGuard(keras.callbacks.Callback):

@@ -6,8 +6,9 @@ prevalence on the train split, build the model, loss and optimizer under the str
 the run's callbacks, then evaluate ``best.keras`` on the test split into ``metrics.json``.
 
 Resuming: run the same command again. The run directory is the same (given, or derived from the
-config, see :mod:`can_tf.training.run_dir`), BackupAndRestore puts back the weights, optimizer state
-and epoch of the last finished epoch, and ``history.csv`` continues from there.
+config), :class:`can_tf.run.Run` puts back the weights, optimizer state, epoch and history of the
+last committed epoch, and training continues from there. ``extend=True`` trains a finished run for
+more epochs (``can-tf fit --extend``).
 
 Multi-worker: every worker runs this same function with its own ``TF_CONFIG``; the chief writes the
 run directory, the other workers write to temporary folders (TF's recommendation) that they remove
@@ -35,8 +36,7 @@ from typing import Optional
 import numpy as np
 
 from can_tf.files import write_json
-from can_tf.training.run_dir import (RunDir, best_so_far, default_run_dir, prepare_run_dir,
-                                     read_history, resume_epoch, trim_history)
+from can_tf.run import Run, best_row, default_run_dir
 
 
 @dataclass
@@ -107,16 +107,21 @@ def progress_verbosity(verbose: str, is_chief: bool = True) -> tuple[int, bool]:
 
 
 # ---- the run ------------------------------------------------------------------------------------
-def train(config, *, extra_callbacks=(), runs_root: str = "runs") -> RunResult:
+def train(config, *, extra_callbacks=(), runs_root: str = "runs", extend: bool = False) -> RunResult:
     """Trains the model a resolved `RunConfig` describes; see the module docstring.
 
     Args:
         config: a `can_tf.config.RunConfig` (validated here).
         extra_callbacks: more Keras callbacks, run before the built-in ones.
         runs_root: parent of the derived run directory when ``train.run_dir`` is not set.
+        extend: train a finished run further, up to ``train.epochs``.
 
     Returns:
         a `RunResult`; the chief's run directory holds ``metrics.json`` with the same numbers.
+
+    Raises:
+        can_tf.run.RunInUseError: another process trains in the run directory.
+        can_tf.config.ConfigError: the run directory cannot take this run.
     """
     import keras
 
@@ -129,43 +134,55 @@ def train(config, *, extra_callbacks=(), runs_root: str = "runs") -> RunResult:
     policy = set_precision(tc.mixed_precision)
     keras.utils.set_random_seed(tc.seed)
 
-    if tc.run_dir is None:
+    derived = tc.run_dir is None
+    if derived:
         tc.run_dir = str(default_run_dir(config, runs_root))
-        derived = True
-    else:
-        derived = False
-    run_root = Path(tc.run_dir)
-    scratch = None
     if info.is_chief:
-        rd = prepare_run_dir(config, run_root)
-        backup_dir = rd.checkpoint
-        print(f"Run directory: {rd.root}" + (" (derived from the config: run the same command again "
-                                              "to resume it)" if derived else ""), flush=True)
-    else:
-        # Non-chief workers must save too (saving may involve collectives) but somewhere else.
-        scratch = Path(tempfile.mkdtemp(prefix=f"can-tf-worker{info.worker_index}-"))
-        rd = RunDir(scratch)
-        config.save(str(rd.config))
-        backup_dir = run_root / ".workers" / f"worker-{info.worker_index}" / "checkpoint"
+        run = Run(tc.run_dir)
+        with run.training(config, extend=extend):
+            print(f"Run directory: {run.root}" + (" (derived from the config: run the same command again "
+                                                   "to resume it)" if derived else ""), flush=True)
+            return _train_in(run, config, info, policy, extra_callbacks, checkpoint_dir=None)
+    # Non-chief workers must save too (saving may involve collectives) but somewhere else.
+    scratch = Path(tempfile.mkdtemp(prefix=f"can-tf-worker{info.worker_index}-"))
+    checkpoint_dir = Path(tc.run_dir) / ".workers" / f"worker-{info.worker_index}" / "checkpoint"
+    try:
+        config.save(str(Run(scratch).config_path))
+        return _train_in(Run(scratch), config, info, policy, extra_callbacks, checkpoint_dir=checkpoint_dir,
+                         chief_root=Path(tc.run_dir))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
+
+def _train_in(run: Run, config, info, policy, extra_callbacks, *, checkpoint_dir, chief_root=None) -> RunResult:
+    """prepare -> data -> model -> fit -> finalise, in an opened run directory."""
+    import keras
+
+    from can_tf.provenance import build_provenance, split_counts
+
+    tc = config.train
+    chief_root = chief_root or run.root
     # ---- data ----
     from can_tf.data.pipeline import make_dataset
     from can_tf.data.splits import make_splits, read_splits, write_splits
     from can_tf.data.table import class_prevalence, load_table
 
     df, class_names = load_table(config.data)
-    initial_epoch = resume_epoch(backup_dir)
-    # A resumed run keeps its split. Other workers read the chief's files only when resuming: on a
-    # fresh start the chief may still be writing them (make_splits is deterministic anyway).
-    if (RunDir(run_root).splits / "train.txt").is_file() and (info.is_chief or initial_epoch > 0):
-        splits = read_splits(RunDir(run_root).splits, df)
+    chief = Run(chief_root)
+    # A resumed run keeps its split. Other workers read the chief's files only once it trained an
+    # epoch: on a fresh start the chief may still be writing them (make_splits is deterministic).
+    if (chief.splits / "train.txt").is_file() and (info.is_chief or chief.started):
+        splits = read_splits(chief.splits, df)
     else:
         splits = make_splits(df, config.data)  # reads data.split_dir when it is set
-    if info.is_chief and not (rd.splits / "train.txt").is_file():
-        write_splits(splits, rd.root, class_names)
+    if info.is_chief:
+        if not (run.splits / "train.txt").is_file():
+            write_splits(splits, run.root, class_names)
+        run.write_provenance(build_provenance(config, splits=splits, table_attrs=df.attrs))
+        print("Data: " + _split_line(config, splits), flush=True)
     prevalence = class_prevalence(splits["train"], class_names)
     if info.is_chief:
-        write_json(rd.prevalence, {name: float(p) for name, p in zip(class_names, prevalence)})
+        write_json(run.prevalence, {name: float(p) for name, p in zip(class_names, prevalence)})
 
     global_batch = tc.batch_size
     n_train = len(splits["train"])
@@ -188,6 +205,10 @@ def train(config, *, extra_callbacks=(), runs_root: str = "runs") -> RunResult:
         schedule_callbacks = compile_model(model, config, prevalence, steps_per_epoch)
     names = output_names(model)
     prepare_model_for_strategy(model, info)
+    resumed = run.restore(model, checkpoint_dir, publish=info.is_chief)
+    if resumed.epoch:
+        print(f"Resuming after epoch {resumed.epoch} (checkpoint in {checkpoint_dir or run.checkpoint})",
+              flush=True)
 
     def train_dataset(input_context):
         ds = make_dataset(splits["train"], batch_size=global_batch, training=True,
@@ -195,29 +216,26 @@ def train(config, *, extra_callbacks=(), runs_root: str = "runs") -> RunResult:
                           input_context=input_context, drop_remainder=drop_remainder, **data_kwargs)
         return labels_for_outputs(ds, names).repeat()
 
-    train_ds = distribute_dataset(info, train_dataset, global_batch)
     def eval_dataset(part, cache):  # None for an empty split (a zero fraction in the config)
         if len(part) == 0:
             return None
         return make_dataset(part, batch_size=global_batch, training=False, augment=False, cache=cache,
                             **data_kwargs)
 
+    train_ds = distribute_dataset(info, train_dataset, global_batch)
     val_ds = eval_dataset(splits["val"], config.data.cache)
 
-    # ---- resume state ----
-    rows = trim_history(rd.history, initial_epoch) if info.is_chief else []
-    if initial_epoch:
-        print(f"Resuming after epoch {initial_epoch} (checkpoint in {backup_dir})", flush=True)
-
+    # ---- fit ----
     keras_verbose, epoch_lines = progress_verbosity(tc.verbose, info.is_chief)
-    callbacks, nan_guard, best, early = build_callbacks(
-        config, info, rd, backup_dir, val_ds, class_names, model_factory, schedule_callbacks,
-        best_so_far(rows), epoch_lines)
-
+    best_so_far = best_row(resumed.rows)
+    callbacks, nan_guard, checkpoint, early = build_callbacks(
+        config, info, run, checkpoint_dir, val_ds, class_names, model_factory, schedule_callbacks,
+        None if best_so_far is None else best_so_far["val_mean_auroc"], epoch_lines)
     start = time.perf_counter()
-    model.fit(train_ds, epochs=tc.epochs, steps_per_epoch=steps_per_epoch,
-              callbacks=list(extra_callbacks) + callbacks,
-              verbose=keras_verbose, initial_epoch=initial_epoch, shuffle=False)
+    if resumed.stop_reason is None and resumed.epoch < tc.epochs:
+        model.fit(train_ds, epochs=tc.epochs, steps_per_epoch=steps_per_epoch,
+                  callbacks=list(extra_callbacks) + callbacks,
+                  verbose=keras_verbose, initial_epoch=resumed.epoch, shuffle=False)
     fit_seconds = time.perf_counter() - start
 
     if nan_guard.stopped:
@@ -225,31 +243,32 @@ def train(config, *, extra_callbacks=(), runs_root: str = "runs") -> RunResult:
     elif early is not None and early.stopped_epoch > 0:
         stop_reason = f"early stopping: no better val_mean_auroc for {tc.early_stopping_patience} epochs"
     else:
-        stop_reason = "completed"
-    if not rd.best_model.is_file():
+        stop_reason = resumed.stop_reason or "completed"
+    if stop_reason != "completed":
+        run.mark_stopped(stop_reason, checkpoint_dir)
+    if not run.best_model.is_file():
         # No epoch had a defined validation AUROC (e.g. a tiny split): keep the final weights.
-        best.save_current()
+        checkpoint.save_models(run.best_model, run.inference_model)
 
-    # ---- final evaluation of the best model on the test split ----
-    best_model = keras.saving.load_model(str(rd.best_model), compile=False)
+    # ---- finalise: the best model on the test split ----
+    best_model = keras.saving.load_model(str(run.best_model), compile=False)
     labels, probs = predict_probabilities(best_model, eval_dataset(splits["test"], "none"))
     test_auroc = class_aurocs(labels, probs, class_names)
-    history = read_history(rd.history)
-    seconds = [r["epoch_seconds"] for r in history if isinstance(r.get("epoch_seconds"), float)]
-    best_row = max((r for r in history if _finite(r.get("val_mean_auroc"))),
-                   key=lambda r: r["val_mean_auroc"], default=None)
+    history = run.history_rows() if info.is_chief else resumed.rows
+    seconds = [r["epoch_seconds"] for r in history if _finite(r.get("epoch_seconds"))]
+    best = best_row(history)
     metrics = {
         "config": config.preset or "custom",
-        "run_dir": str(run_root),
+        "run_dir": str(chief_root),
         "split": "test",
         "num_test_images": int(len(labels)),
         "test_auroc": test_auroc,
         "test_mean_auroc": mean_defined(test_auroc),
-        "best_epoch": best_row["epoch"] + 1 if best_row else None,
-        "best_val_mean_auroc": best_row["val_mean_auroc"] if best_row else None,
+        "best_epoch": best["epoch"] + 1 if best else None,
+        "best_val_mean_auroc": best["val_mean_auroc"] if best else None,
         "epochs_run": len(history),
-        "epochs_this_session": len(history) - initial_epoch,
-        "resumed_from_epoch": initial_epoch,
+        "epochs_this_session": len(history) - resumed.epoch,
+        "resumed_from_epoch": resumed.epoch,
         "epoch_seconds": seconds,
         "mean_epoch_seconds": float(np.mean(seconds)) if seconds else None,
         "median_epoch_seconds": float(np.median(seconds)) if seconds else None,  # first one traces
@@ -263,57 +282,61 @@ def train(config, *, extra_callbacks=(), runs_root: str = "runs") -> RunResult:
         "global_batch_size": global_batch,
     }
     if info.is_chief:
-        write_json(rd.metrics, metrics)  # written last: its presence marks the run finished
-        shutil.rmtree(rd.checkpoint, ignore_errors=True)
+        run.write_provenance(build_provenance(config, splits=splits, table_attrs=df.attrs,
+                                              best_epoch=metrics["best_epoch"], epochs_run=len(history)))
+        write_json(run.metrics, metrics)  # written last: its presence marks the run finished
     else:
-        shutil.rmtree(scratch, ignore_errors=True)
-        shutil.rmtree(backup_dir.parent, ignore_errors=True)
+        shutil.rmtree(checkpoint_dir.parent, ignore_errors=True)
         try:
-            backup_dir.parent.parent.rmdir()  # .workers/, once every worker has removed its folder
+            checkpoint_dir.parent.parent.rmdir()  # .workers/, once every worker has removed its folder
         except OSError:
             pass
     return RunResult(
-        run_dir=str(run_root), history=history, initial_epoch=initial_epoch, epochs_run=len(history),
+        run_dir=str(chief_root), history=history, initial_epoch=resumed.epoch, epochs_run=len(history),
         best_epoch=metrics["best_epoch"], best_val_mean_auroc=metrics["best_val_mean_auroc"],
         test_auroc=test_auroc, test_mean_auroc=metrics["test_mean_auroc"], stop_reason=stop_reason,
         is_chief=info.is_chief, metrics=metrics,
     )
 
 
-def build_callbacks(config, info, rd: RunDir, backup_dir, val_ds, class_names, model_factory,
+def _split_line(config, splits: dict) -> str:
+    from can_tf.provenance import describe_data, split_counts
+
+    counts = split_counts(splits)
+    return f"{describe_data(config.data)}; " + ", ".join(
+        f"{name} {c['images']} images / {c['patients']} patients" for name, c in counts.items())
+
+
+def build_callbacks(config, info, run: Run, checkpoint_dir, val_ds, class_names, model_factory,
                     schedule_callbacks, initial_best, epoch_lines: bool):
     """The run's callbacks, ordered so that each one sees the logs the earlier ones added.
 
-    Returns ``(callbacks, nan_guard, best_checkpoint, early_stopping_or_None)``.
+    Returns ``(callbacks, nan_guard, run_checkpoint, early_stopping_or_None)``.
     """
     import keras
 
-    from can_tf.training.callbacks import BestModelCheckpoint, EpochLogger, NaNGuard, ValidationAUROC
+    from can_tf.training.callbacks import EpochLogger, NaNGuard, RunCheckpoint, ValidationAUROC
 
     tc = config.train
-    nan_guard = NaNGuard(rd.last_good_model, model_factory)
-    best = BestModelCheckpoint(rd.best_model, model_factory, initial_best=initial_best)
-    callbacks = [nan_guard, ValidationAUROC(val_ds, class_names, strategy=info.strategy), best]
+    nan_guard = NaNGuard(run.last_good_model, model_factory)
+    callbacks = [nan_guard, ValidationAUROC(val_ds, class_names, strategy=info.strategy)]
     callbacks += schedule_callbacks
     early = None
     if tc.early_stopping_patience > 0:
         early = keras.callbacks.EarlyStopping(monitor="val_mean_auroc", mode="max",
                                               patience=tc.early_stopping_patience)
         callbacks.append(early)
-    callbacks += [
-        EpochLogger(tc.epochs, print_lines=epoch_lines),
-        keras.callbacks.CSVLogger(str(rd.history), append=True),
-        # double_checkpoint: a kill while writing leaves the previous epoch's state readable.
-        # delete_checkpoint=False: removed only once metrics.json exists, so a kill during the final
-        # evaluation resumes into evaluation instead of starting over.
-        keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True, delete_checkpoint=False),
-    ]
+    callbacks.append(EpochLogger(tc.epochs, print_lines=epoch_lines))
+    # Last: the epoch's row holds every value the callbacks above added.
+    checkpoint = RunCheckpoint(run, model_factory, initial_best=initial_best, checkpoint_dir=checkpoint_dir,
+                               publish=info.is_chief)
+    callbacks.append(checkpoint)
     if tensorboard_available():
-        callbacks.append(keras.callbacks.TensorBoard(str(rd.tensorboard), write_graph=False, profile_batch=0))
+        callbacks.append(keras.callbacks.TensorBoard(str(run.tensorboard), write_graph=False, profile_batch=0))
     elif info.is_chief:
         print("TensorBoard logs off: the 'tensorboard' package is not installed (pip install tensorboard)",
               flush=True)
-    return callbacks, nan_guard, best, early
+    return callbacks, nan_guard, checkpoint, early
 
 
 def _finite(value) -> bool:

@@ -1,0 +1,89 @@
+"""Runs ``can-tf`` and SIGKILLs the process at one named moment of an epoch's commit (for tests).
+
+    python tests/kill_at.py MOMENT EPOCH fit --run-dir D ...
+
+MOMENT is where the kill lands while epoch EPOCH (1-based) is being committed to the run directory:
+
+- ``weights``: half-way through writing the epoch's checkpoint (``epoch-N.weights.h5``);
+- ``best``: half-way through writing the staged best model (``best-epoch-N.keras``);
+- ``publish``: after the checkpoint state is committed, before the best model and history are published;
+- ``history``: after the best model is published, before ``history.csv`` is rewritten.
+
+Nothing here changes what is written: the real functions run, and the process dies the way a user's
+``kill -9`` would make it die, with a partial temporary file where the moment is inside a write.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+
+def _die():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _half_written(write_fn):
+    def write(tmp):
+        write_fn(tmp)
+        size = Path(tmp).stat().st_size
+        with open(tmp, "r+b") as f:
+            f.truncate(size // 2)
+        _die()
+
+    return write
+
+
+def install(moment: str, epoch: int) -> None:
+    import can_tf.files as files
+    import can_tf.run as run
+
+    if moment == "weights":
+        original = run.atomic_write
+
+        def atomic_write(path, write_fn, **kwargs):
+            if Path(path).name == f"epoch-{epoch}.weights.h5":
+                write_fn = _half_written(write_fn)
+            return original(path, write_fn, **kwargs)
+
+        run.atomic_write = atomic_write
+    elif moment == "best":
+        original = files.atomic_write
+
+        def atomic_write(path, write_fn, **kwargs):
+            if Path(path).name == f"best-epoch-{epoch}.keras":
+                write_fn = _half_written(write_fn)
+            return original(path, write_fn, **kwargs)
+
+        files.atomic_write = atomic_write
+    elif moment == "publish":
+        original = run.Run._finish_publish
+
+        def finish_publish(self, checkpoint, resumed):
+            if resumed.epoch == epoch and run.best_row(resumed.rows) is not None:
+                _die()
+            return original(self, checkpoint, resumed)
+
+        run.Run._finish_publish = finish_publish
+    elif moment == "history":
+        original = run.atomic_write_text
+
+        def atomic_write_text(path, text, **kwargs):
+            if Path(path).name == "history.csv" and len(text.splitlines()) == epoch + 1:
+                _die()
+            return original(path, text, **kwargs)
+
+        run.atomic_write_text = atomic_write_text
+    else:
+        raise SystemExit(f"unknown moment {moment!r}")
+
+
+if __name__ == "__main__":
+    install(sys.argv[1], int(sys.argv[2]))
+    from can_tf_cli.main import main
+
+    sys.exit(main(sys.argv[3:]))
