@@ -115,3 +115,51 @@ def test_evaluate_bad_options_name_the_option(run_dir, tmp_path):
     not_a_model.write_text("")
     result = runner.invoke(main, ["evaluate", str(not_a_model)])
     assert result.exit_code == 1 and "x.txt" in result.output
+
+
+def test_evaluate_narrows_the_data_with_set_and_image_root_as_fit_does(run_dir, phantom_dir, tmp_path):
+    # the report of a subset: only PA views, from an image root given on the command line
+    out = tmp_path / "pa"
+    result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--bootstrap", "10", "--thresholds", "none",
+                                       "--image-root", str(phantom_dir / "images"), "--set", "data.views=[PA]",
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    everything = json.loads((run_dir / "eval" / "test" / "report.json").read_text()) if (
+        run_dir / "eval" / "test" / "report.json").is_file() else None
+    from can_tf.data.table import load_table
+    from can_tf.run import Run
+
+    config = Run(run_dir).config()
+    df, _ = load_table(config.data)
+    test_names = set((run_dir / "splits" / "test.txt").read_text().split())
+    pa_test = df[df["image_index"].isin(test_names) & (df["view"] == "PA")]
+    assert report["num_images"] == len(pa_test) < len(test_names)
+    assert everything is None or everything["num_images"] == len(test_names)
+    # a field of another section is refused by name, exit code 2 (a usage error)
+    bad = CliRunner().invoke(main, ["evaluate", str(run_dir), "--set", "train.epochs=3"])
+    assert bad.exit_code == 2 and "only data.* fields apply here" in bad.output
+
+
+def test_evaluate_is_refused_while_another_process_holds_the_run(run_dir):
+    from can_tf.run import Run
+
+    holder = Run(run_dir)
+    holder.lock()
+    try:
+        result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--bootstrap", "5"])
+    finally:
+        holder.unlock()
+    assert result.exit_code == 1
+    assert f"Error: run directory {run_dir} is in use by process" in result.output
+
+
+def test_a_phantom_trained_model_says_so_in_its_report(run_dir):
+    result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--bootstrap", "5", "--thresholds", "none",
+                                       "--out", str(run_dir / "eval" / "phantom-check")])
+    assert result.exit_code == 0, result.output
+    report = (run_dir / "eval" / "phantom-check" / "report.md").read_text()
+    assert "**Trained on the built-in phantom data (synthetic images): not a diagnostic model.**" in report
+    assert "Model provenance:" in report and "- data: phantom data at" in report
+    provenance = json.loads((run_dir / "eval" / "phantom-check" / "report.json").read_text())["provenance"]
+    assert provenance["data"]["phantom"] is True and provenance["preset"] == "small"

@@ -1,7 +1,8 @@
 """A run killed with SIGKILL at any moment resumes with the same command: no epoch lost or repeated.
 
-Each test kills a real ``can-tf fit`` subprocess (``tests/kill_at.py``) at one moment that writes
-state, then runs the same command again to the end and checks the run as a user would find it.
+Each test kills a real ``can-tf fit`` subprocess (``tests/interrupt_at.py``) at one moment that
+writes state, or makes that write fail as a full disk does, then runs the same command again to the
+end and checks the run as a user would find it.
 """
 
 from __future__ import annotations
@@ -38,15 +39,8 @@ def committed_rows(run: Path) -> list:
         return []
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("moment,epoch", [
-    ("weights", 1),   # the first checkpoint, half written
-    ("weights", 3),   # a later one
-    ("best", 1),      # the best model, half written
-    ("publish", 1),   # state committed; best model and history not yet published
-    ("history", 2),   # best published; history.csv not yet rewritten
-])
-def test_sigkill_at_each_commit_moment_then_same_command_finishes(tmp_path, phantom_dir, moment, epoch):
+def interrupt_then_finish(tmp_path, phantom_dir, action, moment, epoch):
+    """Interrupts a fit at ``moment`` of epoch ``epoch``, reruns the same command, checks the run."""
     import keras
     import numpy as np
 
@@ -55,12 +49,18 @@ def test_sigkill_at_each_commit_moment_then_same_command_finishes(tmp_path, phan
 
     run = tmp_path / "run"
     args = fit_args(phantom_dir, run)
-    killed = run_cli(["tests/kill_at.py", moment, str(epoch), *args])
-    assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
+    first = run_cli(["tests/interrupt_at.py", action, moment, str(epoch), *args])
+    if action == "kill":
+        assert first.returncode == -signal.SIGKILL, first.stdout[-2000:] + first.stderr[-2000:]
+    else:
+        assert first.returncode == 1, first.stdout[-2000:] + first.stderr[-2000:]
+        assert "Traceback" not in first.stderr
+        assert first.stderr.strip().splitlines()[-1].startswith("Error: no space left on device writing "
+                                                                 f"{run}"), first.stderr[-2000:]
     assert not (run / "metrics.json").exists()
     before = committed_rows(run)
-    # the kill landed in epoch `epoch`'s commit: the epochs before it are committed, it is not,
-    # except where the moment comes after the commit point
+    # the interruption landed in epoch `epoch`'s commit: the epochs before it are committed, it is
+    # not, except where the moment comes after the commit point
     committed = epoch if moment in ("publish", "history") else epoch - 1
     assert [r["epoch"] for r in before] == list(range(committed))
 
@@ -74,14 +74,13 @@ def test_sigkill_at_each_commit_moment_then_same_command_finishes(tmp_path, phan
 
     history = read_history(run / "history.csv")
     assert [row["epoch"] for row in history] == list(range(EPOCHS))  # none lost, none repeated
-    # epochs committed before the kill were not re-run: their rows are unchanged
+    # epochs committed before the interruption were not re-run: their rows are unchanged
     for old, new in zip(before, history):
-        assert {k: v for k, v in old.items()} == pytest.approx(new, nan_ok=True)
+        assert old == pytest.approx(new, nan_ok=True)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["resumed_from_epoch"] == committed
     assert metrics["epochs_run"] == EPOCHS
-    best_epoch = max(history, key=lambda r: r["val_mean_auroc"])["epoch"] + 1
-    assert metrics["best_epoch"] == best_epoch
+    assert metrics["best_epoch"] == max(history, key=lambda r: r["val_mean_auroc"])["epoch"] + 1
     model = keras.saving.load_model(run / "best.keras", compile=False)
     out = model.predict(np.zeros((1, 64, 64, 1), "float32"), verbose=0)["fused"]
     assert np.isfinite(out).all()
@@ -93,3 +92,22 @@ def test_sigkill_at_each_commit_moment_then_same_command_finishes(tmp_path, phan
                  if p.is_file() and (".tmp-" in p.name or p.name.startswith(".") and p.name != ".lock")]
     assert leftovers == []
     assert sorted(p.name for p in (run / "checkpoint").iterdir()) == [f"epoch-{EPOCHS}.weights.h5", "state.json"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment,epoch", [
+    ("weights", 1),   # the first checkpoint, half written
+    ("weights", 3),   # a later one
+    ("best", 1),      # the best model, half written
+    ("publish", 1),   # state committed; best model and history not yet published
+    ("history", 2),   # best published; history.csv not yet rewritten
+])
+def test_sigkill_at_each_commit_moment_then_same_command_finishes(tmp_path, phantom_dir, moment, epoch):
+    interrupt_then_finish(tmp_path, phantom_dir, "kill", moment, epoch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment,epoch", [("weights", 2), ("best", 1), ("history", 2)])
+def test_disk_full_at_a_commit_write_is_one_line_and_the_same_command_then_finishes(
+        tmp_path, phantom_dir, moment, epoch):
+    interrupt_then_finish(tmp_path, phantom_dir, "enospc", moment, epoch)

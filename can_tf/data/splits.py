@@ -176,11 +176,13 @@ def write_splits(splits: dict, run_dir: os.PathLike, class_names: Optional[Seque
     return out
 
 
-def read_splits(split_dir: os.PathLike, df: pd.DataFrame) -> dict:
+def read_splits(split_dir: os.PathLike, df: pd.DataFrame, *, subset: bool = False) -> dict:
     """Rebuilds the splits from ``split_dir/{train,val,test}.txt`` on the table ``df``.
 
     Rows keep the order of the files. An image listed that is not in ``df`` is an error (the split
-    was written for other data); images of ``df`` listed nowhere are left out with a logged count.
+    was written for other data) unless ``subset`` (``df`` is the split's data narrowed on purpose,
+    e.g. by ``data.views``: the listed images it lacks are left out); images of ``df`` listed
+    nowhere are left out with a logged count.
 
     Example:
         >>> splits = read_splits("runs/demo/splits", df)
@@ -196,6 +198,8 @@ def read_splits(split_dir: os.PathLike, df: pd.DataFrame) -> dict:
             raise DataError(f"split folder {split_dir} has no {name}.txt (expected train.txt, val.txt, test.txt)")
         names = list(dict.fromkeys(image_names(path)))
         unknown = [n for n in names if n not in by_name.index]
+        if unknown and subset:
+            names, unknown = [n for n in names if n in by_name.index], []
         if unknown:
             raise DataError(
                 f"{path}: {len(unknown):,} listed image(s) are not in the data set ({preview(unknown)}); "

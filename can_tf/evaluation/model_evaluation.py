@@ -166,7 +166,7 @@ def evaluate_model(
         if list(class_names) != list(predictor.class_names):
             raise EvaluationError(f"the data's classes {class_names} differ from the model's {predictor.class_names}")
         if own_data and run_dir is not None and (run_dir / "splits").is_dir():
-            splits = read_splits(run_dir / "splits", df)
+            splits = read_splits(run_dir / "splits", df, subset=bool(data_overrides))
             notes.append(f"splits read from {run_dir / 'splits'}")
         elif split == "all":
             splits = {}

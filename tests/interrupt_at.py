@@ -1,27 +1,34 @@
-"""Runs ``can-tf`` and SIGKILLs the process at one named moment of an epoch's commit (for tests).
+"""Runs ``can-tf`` and interrupts it at one named moment of an epoch's commit (for tests).
 
-    python tests/kill_at.py MOMENT EPOCH fit --run-dir D ...
+    python tests/interrupt_at.py ACTION MOMENT EPOCH fit --run-dir D ...
 
-MOMENT is where the kill lands while epoch EPOCH (1-based) is being committed to the run directory:
+ACTION is ``kill`` (the process SIGKILLs itself, as a user's ``kill -9`` would end it) or ``enospc``
+(the write fails with "No space left on device", as on a full disk). MOMENT is where it lands while
+epoch EPOCH (1-based) is being committed to the run directory:
 
 - ``weights``: half-way through writing the epoch's checkpoint (``epoch-N.weights.h5``);
 - ``best``: half-way through writing the staged best model (``best-epoch-N.keras``);
 - ``publish``: after the checkpoint state is committed, before the best model and history are published;
 - ``history``: after the best model is published, before ``history.csv`` is rewritten.
 
-Nothing here changes what is written: the real functions run, and the process dies the way a user's
-``kill -9`` would make it die, with a partial temporary file where the moment is inside a write.
+Nothing here changes what is written: the real functions run, and the interruption leaves a
+partial temporary file where the moment is inside a write.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
 from pathlib import Path
 
+ACTION = "kill"
 
-def _die():
+
+def _die(path=""):
+    if ACTION == "enospc":
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
     sys.stdout.flush()
     sys.stderr.flush()
     os.kill(os.getpid(), signal.SIGKILL)
@@ -33,7 +40,7 @@ def _half_written(write_fn):
         size = Path(tmp).stat().st_size
         with open(tmp, "r+b") as f:
             f.truncate(size // 2)
-        _die()
+        _die(tmp)
 
     return write
 
@@ -65,7 +72,7 @@ def install(moment: str, epoch: int) -> None:
 
         def finish_publish(self, checkpoint, resumed):
             if resumed.epoch == epoch and run.best_row(resumed.rows) is not None:
-                _die()
+                _die(self.best_model)
             return original(self, checkpoint, resumed)
 
         run.Run._finish_publish = finish_publish
@@ -74,7 +81,7 @@ def install(moment: str, epoch: int) -> None:
 
         def atomic_write_text(path, text, **kwargs):
             if Path(path).name == "history.csv" and len(text.splitlines()) == epoch + 1:
-                _die()
+                _die(path)
             return original(path, text, **kwargs)
 
         run.atomic_write_text = atomic_write_text
@@ -83,7 +90,8 @@ def install(moment: str, epoch: int) -> None:
 
 
 if __name__ == "__main__":
-    install(sys.argv[1], int(sys.argv[2]))
+    ACTION = sys.argv[1]
+    install(sys.argv[2], int(sys.argv[3]))
     from can_tf_cli.main import main
 
-    sys.exit(main(sys.argv[3:]))
+    sys.exit(main(sys.argv[4:]))
