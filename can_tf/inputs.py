@@ -4,6 +4,8 @@
 :func:`read_any_image` reads one of them as uint8 grayscale (PNG/JPEG through
 :func:`can_tf.data.images.read_image`, DICOM through pydicom); :func:`load_images` reads a batch,
 resizes it to the model's input size, and reports the files it could not read instead of stopping.
+:func:`check_finite_pixels` is the door every array of pixels passes: NaN or inf is refused there,
+naming the image, before any model sees it.
 
 Scaling happens once: images leave this module as float32 in [0, 255], exactly what the training
 pipeline hands the model; the model's own preprocessing does the rest.
@@ -26,7 +28,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from can_tf.data.errors import DataError
+from can_tf.data.errors import DataError, preview
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -35,7 +37,7 @@ _DICOM_MAGIC_OFFSET = 128  # DICOM Part 10 files carry "DICM" after a 128-byte p
 
 
 # ---- INPUT... -> paths ------------------------------------------------------------------------
-def expand_inputs(inputs: Iterable[str], path_column: str = "path") -> list:
+def expand_inputs(inputs: Iterable[str], path_column: str = "path", image_root: Optional[str] = None) -> list:
     """Expands image files, folders (recursively) and CSV files into a list of image paths.
 
     - an image file (``.png``, ``.jpg``, ``.jpeg``, ``.dcm``, ``.dicom``, or any file given by name)
@@ -43,7 +45,8 @@ def expand_inputs(inputs: Iterable[str], path_column: str = "path") -> list:
       path does not stop a batch;
     - a folder contributes every image below it, sorted;
     - a ``.csv`` file contributes its ``path_column`` column (or ``Image Index``, NIH style);
-      relative paths are taken from the CSV's folder.
+      relative paths are taken from ``image_root`` when given (``data.image_root`` in ``fit``),
+      else from the CSV's folder.
 
     Raises:
         DataError: a folder holds no images, or a CSV lacks the path column (naming file and column).
@@ -59,13 +62,13 @@ def expand_inputs(inputs: Iterable[str], path_column: str = "path") -> list:
                 raise DataError(f"folder {item} holds no images ({', '.join(IMAGE_SUFFIXES)})")
             paths.extend(found)
         elif path.suffix.lower() in (".csv", ".gz") and path.name.lower().endswith((".csv", ".csv.gz")):
-            paths.extend(_paths_from_csv(path, path_column))
+            paths.extend(_paths_from_csv(path, path_column, image_root))
         else:
             paths.append(item)
     return paths
 
 
-def _paths_from_csv(path: Path, path_column: str) -> list:
+def _paths_from_csv(path: Path, path_column: str, image_root: Optional[str] = None) -> list:
     import pandas as pd
 
     try:
@@ -79,7 +82,7 @@ def _paths_from_csv(path: Path, path_column: str) -> list:
             f"input list {path} has no column {path_column!r} (columns: {', '.join(table.columns)}); "
             f"name the image paths' column {path_column!r}"
         )
-    base = path.parent
+    base = Path(image_root) if image_root is not None else path.parent
     paths = []
     for row, value in enumerate(table[column], start=2):
         value = value.strip()
@@ -87,6 +90,50 @@ def _paths_from_csv(path: Path, path_column: str) -> list:
             raise DataError(f"{path}, row {row}: empty {column!r}")
         paths.append(value if os.path.isabs(value) else str(base / value))
     return paths
+
+
+# ---- pixel values -----------------------------------------------------------------------------
+def check_finite_pixels(images, names: Optional[Sequence[str]] = None) -> np.ndarray:
+    """``images`` ``(B, ...)`` as float32; a DataError when any image holds NaN or inf.
+
+    A non-finite pixel must be refused before the model: whether it reaches the output depends on
+    the CPU's kernels (on AVX-512 CPUs such as AMD Zen 5, oneDNN's max-pooling drops NaN), so a
+    broken image could be scored as if it were fine. Values beyond float32's range become inf in
+    the conversion and are refused too. ``names`` (one per image, e.g. file paths) name the
+    culprits; without them the batch indices do.
+
+    Raises:
+        DataError: one line naming the images (up to five, then a count) with non-finite values.
+
+    Example:
+        >>> images = np.zeros((4, 2, 2, 1), "float32")
+        >>> images[2, 0, 0, 0] = np.nan
+        >>> try:
+        ...     check_finite_pixels(images)
+        ... except DataError as e:
+        ...     print(e)
+        the image at batch index 2 holds NaN or inf pixel values; pixels must be finite, in [0, 255]
+        >>> check_finite_pixels(images[:2]).dtype
+        dtype('float32')
+    """
+    with np.errstate(over="ignore"):  # an overflow to inf is reported below, naming the image
+        images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 0 or images.size == 0:
+        return images
+    if names is not None and len(names) != len(images):
+        raise ValueError(f"{len(names)} names for {len(images)} images")
+    finite = np.isfinite(images.reshape(len(images), -1)).all(axis=1)
+    if finite.all():
+        return images
+    bad = np.flatnonzero(~finite).tolist()
+    one = len(bad) == 1
+    if names is not None:
+        which = f"image{'' if one else 's'} {preview([str(names[i]) for i in bad])}"
+    else:
+        shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        which = f"the image{'' if one else 's'} at batch ind{'ex' if one else 'ices'} {shown}"
+    verb = "holds" if one else "hold"
+    raise DataError(f"{which} {verb} NaN or inf pixel values; pixels must be finite, in [0, 255]")
 
 
 # ---- reading ----------------------------------------------------------------------------------
@@ -110,8 +157,8 @@ def read_dicom(path: str | os.PathLike) -> np.ndarray:
     inverted so that bone is bright as in every other input.
 
     Raises:
-        DataError: pydicom is not installed (with the install command), or the file is not a
-            single-frame grayscale DICOM image.
+        DataError: pydicom is not installed (with the install command), the file is not a
+            single-frame grayscale DICOM image, or its pixel values are not all finite.
     """
     try:
         import pydicom
@@ -137,6 +184,10 @@ def read_dicom(path: str | os.PathLike) -> np.ndarray:
     values = apply_modality_lut(pixels, dataset)
     values = apply_voi_lut(values, dataset, index=0)
     values = values.astype(np.float64)
+    # Float Pixel Data may hold NaN/inf: stretched to 0..255 it would silently turn the image black.
+    bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise DataError(f"DICOM file {path}: {bad} of {values.size} pixel values are not finite (NaN or inf)")
     low, high = float(values.min()), float(values.max())
     scaled = (values - low) / (high - low) * 255.0 if high > low else np.zeros_like(values)
     if str(getattr(dataset, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":

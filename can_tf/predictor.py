@@ -38,6 +38,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from can_tf.inputs import check_finite_pixels
 from can_tf.labels import CLASS_NAMES, NO_FINDING
 
 THRESHOLDS_FILE = "thresholds.json"
@@ -404,12 +405,7 @@ class Predictor:
                              f"got {images.shape}")
         if len(images) == 0:
             return np.zeros((0, len(self.class_names)), np.float32)
-        finite = np.isfinite(images).all(axis=(1, 2, 3))
-        if not finite.all():
-            # A NaN pixel may vanish in a pooling kernel or spread to every class: refuse it here.
-            bad = np.flatnonzero(~finite)
-            raise ValueError(f"image(s) {', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''} of the "
-                             f"batch hold non-finite pixel values (NaN or inf); pixels must be in [0, 255]")
+        images = check_finite_pixels(images)  # refused here, not left to a pooling kernel
         return self._backend(images)
 
     def predict_files(self, paths: Sequence[str], *, batch_size: int = 32,

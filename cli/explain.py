@@ -25,7 +25,12 @@ import click
                    "after the boxes were drawn.")
 @click.option("--only-boxed", is_flag=True, help="Explain only images that have a box of the class.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-def explain(model, inputs, class_name, method, branch, out_dir, bbox_file, bbox_space, only_boxed, batch_size):
+@click.option("--path-column", default="path", show_default=True,
+              help="Column of image paths in a CSV INPUT (data.path_column).")
+@click.option("--image-root", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Where relative paths of a CSV INPUT start (data.image_root); default the CSV's folder.")
+def explain(model, inputs, class_name, method, branch, out_dir, bbox_file, bbox_space, only_boxed, batch_size,
+            path_column, image_root):
     """Write heat map overlays of MODEL's evidence for --class on INPUT... images.
 
     \b
@@ -49,12 +54,13 @@ def explain(model, inputs, class_name, method, branch, out_dir, bbox_file, bbox_
     try:
         from can_tf.inputs import expand_inputs
 
-        total = len(expand_inputs(inputs))
+        paths = expand_inputs(inputs, path_column=path_column, image_root=image_root)
+        total = len(paths)
         predictor = Predictor.load(model, use_thresholds=False)
         if predictor.warning:
             click.echo(predictor.warning, err=True)
         with click.progressbar(length=total, label="Explaining", file=sys.stderr, hidden=total < 32) as bar:
-            result = explain_files(predictor, inputs, class_name, method=method, branch=branch, out_dir=out_dir,
+            result = explain_files(predictor, paths, class_name, method=method, branch=branch, out_dir=out_dir,
                                    bbox_file=bbox_file, box_space=bbox_space, only_with_boxes=only_boxed,
                                    batch_size=batch_size, on_batch=bar.update)
     except (DataError, ModelFormatError, RunError, ValueError) as e:

@@ -20,8 +20,10 @@ _PROGRESS_MIN_FILES = 64
 @click.option("--no-thresholds", is_flag=True,
               help="Do not apply the saved per-class thresholds (probabilities only).")
 @click.option("--path-column", default="path", show_default=True,
-              help="Column of image paths in a CSV INPUT.")
-def predict(model, inputs, out_path, batch_size, no_thresholds, path_column):
+              help="Column of image paths in a CSV INPUT (data.path_column).")
+@click.option("--image-root", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Where relative paths of a CSV INPUT start (data.image_root); default the CSV's folder.")
+def predict(model, inputs, out_path, batch_size, no_thresholds, path_column, image_root):
     """Predict findings with MODEL for every image in INPUT...
 
     \b
@@ -44,7 +46,7 @@ def predict(model, inputs, out_path, batch_size, no_thresholds, path_column):
     from can_tf.run import RunError
 
     try:
-        paths = expand_inputs(inputs, path_column=path_column)
+        paths = expand_inputs(inputs, path_column=path_column, image_root=image_root)
         predictor = Predictor.load(model, use_thresholds=not no_thresholds)
     except (DataError, ModelFormatError, RunError) as e:
         raise click.ClickException(str(e)) from None

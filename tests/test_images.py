@@ -1,4 +1,5 @@
-"""Python-side image reading and checking (can_tf.data.images)."""
+"""Python-side image reading and checking (can_tf.data.images), and the pixel-value door every
+array of pixels passes (can_tf.inputs.check_finite_pixels)."""
 
 from __future__ import annotations
 
@@ -128,3 +129,77 @@ def test_read_image_errors_name_the_file(tmp_path, gray_png):
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match=r"cut\.png.*truncated"):
         read_image(tmp_path / "cut.png")
+
+
+# ---- non-finite pixels are refused at the door ----------------------------------------------------
+def test_finite_pixels_pass_as_float32():
+    from can_tf.inputs import check_finite_pixels
+
+    images = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3, 1)
+    checked = check_finite_pixels(images)
+    assert checked.dtype == np.float32
+    np.testing.assert_array_equal(checked, images)
+    assert check_finite_pixels(np.zeros((0, 4, 4, 1))).shape == (0, 4, 4, 1)
+
+
+def test_non_finite_pixels_are_refused_naming_the_images():
+    from can_tf.inputs import check_finite_pixels
+
+    images = np.full((8, 4, 4, 1), 128.0)
+    images[2, 1, 1, 0] = np.nan
+    with pytest.raises(DataError) as e:
+        check_finite_pixels(images)
+    assert str(e.value) == ("the image at batch index 2 holds NaN or inf pixel values; "
+                            "pixels must be finite, in [0, 255]")
+    images[5, 0, 0, 0] = -np.inf
+    images[7, 3, 3, 0] = 1e40  # finite as float64, inf as float32: the model would see inf
+    with pytest.raises(DataError, match=r"^the images at batch indices 2, 5, 7 hold NaN or inf"):
+        check_finite_pixels(images)
+    names = [f"scan{i}.png" for i in range(8)]
+    with pytest.raises(DataError, match=r"^images 'scan2.png', 'scan5.png', 'scan7.png' hold NaN or inf"):
+        check_finite_pixels(images, names)
+    images[:, 0, 0, 0] = np.nan
+    with pytest.raises(DataError) as e:
+        check_finite_pixels(images)
+    assert "batch indices 0, 1, 2, 3, 4 and 3 more hold" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="3 names for 8 images"):
+        check_finite_pixels(images, names[:3])
+
+
+def _write_float_dicom(path, pixels):
+    """A DICOM holding Float Pixel Data (7FE0,0008), the kind that can carry NaN or inf."""
+    pydicom = pytest.importorskip("pydicom")
+    if int(pydicom.__version__.split(".")[0]) < 3:
+        pytest.skip("writing Float Pixel Data needs pydicom 3")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SamplesPerPixel, ds.PhotometricInterpretation = "DX", 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated = 32
+    ds.FloatPixelData = pixels.astype("<f4").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_dicom_with_non_finite_pixels_is_refused_not_rendered_black(tmp_path):
+    from can_tf.inputs import load_images, read_dicom
+
+    pixels = np.linspace(0.0, 1.0, 64, dtype=np.float32).reshape(8, 8)
+    good = read_dicom(_write_float_dicom(tmp_path / "good.dcm", pixels))
+    assert good[0, 0] == 0 and good[-1, -1] == 255  # float data reads like any other DICOM
+    pixels[3, 4] = np.nan
+    bad = _write_float_dicom(tmp_path / "bad.dcm", pixels)
+    with pytest.raises(DataError) as e:
+        read_dicom(bad)
+    assert str(e.value) == f"DICOM file {bad}: 1 of 64 pixel values are not finite (NaN or inf)"
+    batch = load_images([str(tmp_path / "good.dcm"), str(bad)], image_size=8)
+    assert batch.paths == [str(tmp_path / "good.dcm")]
+    assert "not finite" in batch.errors[str(bad)]

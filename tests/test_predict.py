@@ -240,6 +240,40 @@ def test_cli_predict_real_folder_with_a_bad_file(run_dir, chestxray14_dir, tmp_p
     assert len(by_name[Path(_real_images(chestxray14_dir, 1)[0]).name]["probabilities"]) == 14
 
 
+def test_cli_predict_csv_with_image_root_and_the_phantom_warning(run_dir, chestxray14_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from can_tf_cli.main import main
+
+    names = [Path(p).name for p in _real_images(chestxray14_dir, 2)]
+    listed = tmp_path / "lists" / "scans.csv"
+    listed.parent.mkdir()
+    listed.write_text("path\n" + "".join(f"{n}\n" for n in names))  # names relative to the image root
+    out = tmp_path / "preds.csv"
+    result = CliRunner().invoke(main, ["predict", str(run_dir), str(listed), "--out", str(out),
+                                       "--image-root", str(chestxray14_dir / "images")])
+    assert result.exit_code == 0, result.output
+    assert "2 of 2 image(s) predicted" in result.output
+    # a model trained on phantom images, used on real radiographs, says what it is, first and last
+    warning = "**Trained on the built-in phantom data (synthetic images): not a diagnostic model.**"
+    lines = result.output.strip().splitlines()
+    assert lines[0] == warning and lines[-1] == warning
+    # without the root, the same names resolve beside the CSV, where they are not
+    missing = CliRunner().invoke(main, ["predict", str(run_dir), str(listed), "--out", str(out)])
+    assert missing.exit_code == 1 and "0 of 2 image(s) predicted" in missing.output
+
+
+def test_predictor_refuses_non_finite_pixels_naming_the_image(run_dir):
+    from can_tf.predictor import Predictor
+
+    predictor = Predictor.load(run_dir)
+    images = np.full((3, 64, 64, 1), 100.0, np.float32)
+    images[1, 5, 5, 0] = np.nan
+    with pytest.raises(DataError, match="batch index 1 holds NaN or inf"):
+        predictor.predict(images)
+    assert np.isfinite(predictor.predict(images[[0, 2]])).all()
+
+
 @pytest.mark.slow
 def test_every_model_format_gives_the_same_probabilities(run_dir, chestxray14_dir, tmp_path):
     """Run dir, .keras, SavedModel (serving_images) and TFLite on real NIH images agree."""

@@ -103,6 +103,9 @@ class ExportSource:
         import keras
         import tensorflow as tf
 
+        from can_tf.inputs import check_finite_pixels
+
+        images = check_finite_pixels(images)
         if getattr(self, "_reference", None) is None:
             from can_tf.models import inference_model
 
