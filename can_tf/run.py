@@ -481,6 +481,11 @@ class Run:
             self._finish_publish(files.folder, Resumed(epoch=n, rows=rows))
         files.remove_old(keep=weights.name)
 
+    def committed_history(self, checkpoint_dir: Optional[Path] = None) -> list:
+        """The history rows of the last committed epoch (what a resume would start from)."""
+        state = _CheckpointFiles(Path(checkpoint_dir) if checkpoint_dir is not None else self.checkpoint).read()
+        return [] if state is None else _rows_from_json(state["history"])
+
     def mark_stopped(self, reason: str, checkpoint_dir: Optional[Path] = None) -> None:
         """Records that training ended early (early stopping, NaN guard): a resume goes to evaluation."""
         files = _CheckpointFiles(Path(checkpoint_dir) if checkpoint_dir is not None else self.checkpoint)

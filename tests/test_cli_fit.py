@@ -64,7 +64,7 @@ def test_fit_end_to_end_writes_a_complete_run_dir(tmp_path, phantom_dir):
     train_labels = splits["train"][list(CLASS_NAMES)].to_numpy(dtype=float)
     np.testing.assert_allclose([prevalence[c] for c in CLASS_NAMES],
                                np.nanmean(train_labels, axis=0), atol=1e-6)
-    # history, metrics, best model; the resume checkpoint is gone once the run finished
+    # history, metrics, best model; the last epoch's checkpoint stays (for fit --extend)
     history = (run / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,") and "val_mean_auroc" in history[0] and len(history) == 2
     metrics = json.loads((run / "metrics.json").read_text())
@@ -73,10 +73,19 @@ def test_fit_end_to_end_writes_a_complete_run_dir(tmp_path, phantom_dir):
     assert metrics["num_test_images"] == len(splits["test"])
     defined = [v for v in metrics["test_auroc"].values() if v is not None]
     assert metrics["test_mean_auroc"] == pytest.approx(np.mean(defined))
-    assert not (run / "checkpoint").exists()
+    assert sorted(p.name for p in (run / "checkpoint").iterdir()) == ["epoch-1.weights.h5", "state.json"]
     model = keras.saving.load_model(run / "best.keras", compile=False)
     out = model.predict(np.zeros((2, 64, 64, 1), "float32"), verbose=0)
     assert out["fused"].shape == (2, len(CLASS_NAMES))
+    # model.keras: what a Keras user loads, probabilities from predict (the same weights)
+    probabilities = keras.saving.load_model(run / "model.keras").predict(np.zeros((2, 64, 64, 1), "float32"),
+                                                                         verbose=0)
+    np.testing.assert_allclose(probabilities, 1 / (1 + np.exp(-out["fused"])), rtol=1e-5, atol=1e-6)
+    # provenance: where the model comes from, with the split counts fit printed
+    provenance = json.loads((run / "provenance.json").read_text())
+    assert provenance["data"]["phantom"] is True and provenance["best_epoch"] == metrics["best_epoch"]
+    assert provenance["data"]["split_counts"]["test"]["images"] == len(splits["test"])
+    assert provenance["model"]["image_size"] == 64 and provenance["versions"]["tensorflow"]
 
     # the same command again never overwrites the finished run
     again = fit("--data", str(phantom_dir), "--run-dir", str(run), *QUICK)

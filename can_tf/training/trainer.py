@@ -254,7 +254,7 @@ def _train_in(run: Run, config, info, policy, extra_callbacks, *, checkpoint_dir
     best_model = keras.saving.load_model(str(run.best_model), compile=False)
     labels, probs = predict_probabilities(best_model, eval_dataset(splits["test"], "none"))
     test_auroc = class_aurocs(labels, probs, class_names)
-    history = run.history_rows() if info.is_chief else resumed.rows
+    history = run.committed_history(checkpoint_dir)
     seconds = [r["epoch_seconds"] for r in history if _finite(r.get("epoch_seconds"))]
     best = best_row(history)
     metrics = {
