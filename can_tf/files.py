@@ -26,6 +26,12 @@ Example:
     note.txt kept: hello
     >>> sorted(p.name for p in folder.iterdir())  # no temporary files left behind
     ['m.json', 'note.txt', 'raw.bin']
+
+Temporary files and staging folders carry the pid of the process that made them
+(``.note.txt.tmp-<pid>-<random>.txt``, ``.staging-<label>-<pid>-<random>``), so that whatever a
+killed process left behind can be told apart from the work of a live one and removed later by
+`remove_stale_temporaries`. A full disk surfaces as `DiskFullError` naming the target, and
+`no_space_message` turns it into the one line a user should see.
 """
 
 from __future__ import annotations
@@ -33,11 +39,67 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 PathLike = Union[str, os.PathLike]
+
+STAGING_PREFIX = ".staging-"
+# Names made here: the pid of the writing process comes right after a fixed marker. A random part
+# from `tempfile` (letters, digits, "_") follows it, and a file's suffix after that.
+_TEMPORARY_FILE = re.compile(r"\..+\.tmp-(?P<pid>\d+)-[a-z0-9_]+")
+_STAGING_FOLDER = re.compile(re.escape(STAGING_PREFIX) + r"[^-]+-(?P<pid>\d+)-[a-z0-9_]+")
+_NO_SPACE = os.strerror(errno.ENOSPC)
+
+
+class DiskFullError(OSError):
+    """No space was left on the device while writing ``filename`` (``errno`` is ``ENOSPC``)."""
+
+    def __init__(self, path: PathLike):
+        super().__init__(errno.ENOSPC, _NO_SPACE, str(path))
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """True when ``error``, or an error it was raised from, means that the disk is full.
+
+    That is an ``OSError`` with ``errno == ENOSPC`` anywhere in the chain, or a message carrying the
+    system's text for it: TensorFlow's file writers raise ``ResourceExhaustedError`` ("...; No space
+    left on device"), and h5py and zipfile wrap the ``OSError`` in errors of their own. Running out
+    of memory (also a ``ResourceExhaustedError``) is not a full disk.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if getattr(error, "errno", None) == errno.ENOSPC or _NO_SPACE in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def no_space_message(path: PathLike, outcome: str) -> str:
+    """The one line shown for a full disk: the path, the space left there, what became of the write.
+
+    Example:
+        >>> no_space_message("/tmp/out", "nothing was written there")  # doctest: +ELLIPSIS
+        'no space left on device writing /tmp/out (... MB free there); nothing was written there. Free ...'
+    """
+    free = _free_bytes(path)
+    where = f" ({free / 1e6:.1f} MB free there)" if free is not None else ""
+    return (f"no space left on device writing {path}{where}; {outcome}. "
+            f"Free some space and run the command again.")
+
+
+def _free_bytes(path: PathLike) -> Optional[int]:
+    path = Path(os.path.abspath(path))
+    for folder in (path, *path.parents):
+        try:
+            return shutil.disk_usage(folder).free
+        except OSError:
+            continue
+    return None
 
 
 def fsync_dir(path: PathLike) -> None:
@@ -73,7 +135,7 @@ def atomic_write(path: PathLike, write_fn: Callable[[str], Any], *, suffix: Opti
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix if suffix is None else suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", suffix=suffix, dir=path.parent)
     try:
         os.close(fd)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should look like any other file
@@ -89,13 +151,113 @@ def atomic_write(path: PathLike, write_fn: Callable[[str], Any], *, suffix: Opti
                 raise FileExistsError(errno.EEXIST, "already exists", str(path)) from None
             os.unlink(tmp)
         fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        # The writer's own error names the temporary file at best (TensorFlow, h5py and zipfile
+        # often name nothing); the target is what the caller can act on.
+        if isinstance(e, Exception) and not isinstance(e, DiskFullError) and is_disk_full(e):
+            raise DiskFullError(path) from e
         raise
     return path
+
+
+def staging_folder(parent: PathLike, label: str) -> Path:
+    """A new, empty hidden folder ``.staging-<label>-<pid>-<random>`` in ``parent`` (created).
+
+    Something is built in it and then renamed into place; if the process dies first,
+    `remove_stale_temporaries` recognises the folder by its pid.
+    """
+    if not label or "-" in label:
+        raise ValueError(f"a staging label must be non-empty and without '-', got {label!r}")
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{label}-{os.getpid()}-", dir=parent))
+
+
+def remove_stale_temporaries(folder: PathLike) -> list[str]:
+    """Removes what killed processes left in ``folder``: `atomic_write` temporaries and staging folders.
+
+    Only names made by this module are considered (``.<name>.tmp-<pid>-...`` files,
+    ``.staging-<label>-<pid>-...`` folders), and only those whose process is gone: the temporaries
+    of a live process, this one included, are its work in progress. Subfolders are not searched.
+    Where a dead process's pid has been reused, its leftovers wait for the next call after that
+    process ends: nothing is removed on a guess.
+
+    Returns:
+        The removed paths (as str, sorted); [] when ``folder`` does not exist.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> mine = staging_folder(folder, "1")  # this process is alive: kept
+        >>> remove_stale_temporaries(folder)
+        []
+    """
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    for entry in entries:
+        if entry.is_file(follow_symlinks=False):
+            match = _TEMPORARY_FILE.match(entry.name)
+        elif entry.is_dir(follow_symlinks=False):
+            match = _STAGING_FOLDER.fullmatch(entry.name)
+        else:
+            match = None
+        if match is None or _process_alive(int(match["pid"])):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            # Another process may be removing the same leftovers; what is gone is gone.
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                pass
+        if not os.path.lexists(entry.path):
+            removed.append(entry.path)
+    return sorted(removed)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    except (OverflowError, ValueError):
+        return False  # no process can have that number
+    return True
+
+
+def make_folders(path: PathLike) -> list[Path]:
+    """Creates ``path`` and its missing parents; returns the folders it created, deepest first.
+
+    A failed write hands them to `remove_empty_folders`, so that it leaves no empty folders behind.
+    """
+    path = Path(path)
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_empty_folders(folders) -> None:
+    """Removes each folder of ``folders`` (deepest first) that is empty; keeps any that is not."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return  # not empty (another process writes there) or gone: its parents stay too
 
 
 def _umask() -> int:

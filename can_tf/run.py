@@ -568,7 +568,8 @@ class _CheckpointFiles:
         if previous:
             needed = max(previous)
         else:
-            needed = 3 * sum(int(w.numpy().nbytes) for w in model.weights) + (1 << 20)
+            # weights and, for Adam, two slots of the same size; HDF5's own layout adds little
+            needed = 3 * sum(int(w.numpy().nbytes) for w in model.weights) + (64 << 10)
         needed = int(needed * self.SPACE_FACTOR)
         free = shutil.disk_usage(self.folder).free
         if free < needed:

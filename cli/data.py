@@ -75,7 +75,11 @@ def synth(out, patients, image_size, seed):
       can-tf data synth ./phantom
       can-tf data synth ./phantom-small --patients 60 --image-size 64 --seed 1
     """
+    from can_tf.data.errors import DataError
     from can_tf.data.phantom import write_phantom
 
-    path = write_phantom(out, num_patients=patients, image_size=image_size, seed=seed)
+    try:
+        path = write_phantom(out, num_patients=patients, image_size=image_size, seed=seed)
+    except DataError as e:
+        raise click.ClickException(str(e)) from None
     click.echo(f"wrote phantom data set ({patients} patients, {image_size} px, seed {seed}) to {path}")

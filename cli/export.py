@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
-from can_tf.export.tflite import QUANTIZE_MODES  # numpy only: TensorFlow loads when a command runs
+# can_tf.export.tflite.QUANTIZE_MODES, written out: importing can_tf loads TensorFlow, and
+# `can-tf export --help` must not (tests/test_cli_main.py checks that the two agree).
+QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")
 
 
 @click.command("export")
@@ -18,7 +20,8 @@ from can_tf.export.tflite import QUANTIZE_MODES  # numpy only: TensorFlow loads 
 @click.option("--name", default="can", show_default=True,
               help="Model name: the folder under --out (saved_model) or the file stem (tflite).")
 @click.option("--version", type=click.IntRange(min=1), default=None,
-              help="saved_model version folder; default the next free one. An existing version is never overwritten.")
+              help="saved_model version folder; default the next free one when the export is published "
+                   "(concurrent exports get different ones). An existing version is never overwritten.")
 @click.option("--quantize", type=click.Choice(QUANTIZE_MODES), default="none", show_default=True,
               help="tflite: none (float32), float16, dynamic (int8 weights) or int8 (full integer, calibrated).")
 @click.option("--uint8-input", is_flag=True, help="tflite: the model takes uint8 pixels (1, S, S, 1).")

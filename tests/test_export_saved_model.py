@@ -173,7 +173,8 @@ def test_cli_next_version_then_never_overwrites(chestxray14_dir, tmp_path):
             "--name", "cxr", "--calibration-data", str(listing)]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert "version 2" in result.output and "verified in a fresh process on 2 real images" in result.output
+    assert "version 2" in result.output and f"verified in a fresh process on 2 images from {listing}" in result.output
+    assert "real images" not in result.output  # the summary says where the images came from instead
     assert sorted(p.name for p in (base / "cxr").iterdir()) == ["1", "2"]
     assert (base / "cxr" / "2" / "assets" / "labels.txt").is_file()
 
@@ -220,3 +221,20 @@ def test_existing_version_is_refused_before_any_work(tmp_path):
         check_version_free(tmp_path / "can", 3)
     with pytest.raises(ExportError, match="positive integer"):
         check_version_free(tmp_path / "can", 0)
+
+
+def test_provenance_travels_with_the_export_and_the_summary_names_phantom_data(chestxray14_dir, tmp_path):
+    from can_tf.config import RunConfig
+    from can_tf.export.saved_model import export_saved_model
+    from can_tf.provenance import PHANTOM_WARNING, build_provenance
+
+    source = support.tiny_source()
+    source.provenance = build_provenance(RunConfig.from_preset("small"))  # trained on the phantom
+    images = support.real_images(chestxray14_dir, 2)
+    result = export_saved_model(source, tmp_path, images=images)
+    record = json.loads((result.path / "assets.extra" / "provenance.json").read_text())
+    assert record == json.loads(json.dumps(source.provenance)) and record["data"]["phantom"] is True
+    summary = result.summary().splitlines()
+    assert f"verified in a fresh process on 2 images from {images[0].parent}:" in summary[1]
+    assert summary[-1] == PHANTOM_WARNING and "real images" not in result.summary()
+    assert sorted(p.name for p in (tmp_path / "can").iterdir()) == ["1"]  # no staging or asset folders left

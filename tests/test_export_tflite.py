@@ -212,7 +212,7 @@ def test_bad_sources_are_named(tmp_path):
 
     with pytest.raises(ExportError, match="does not exist"):
         load_source(tmp_path / "missing.keras")
-    with pytest.raises(ExportError, match="without best.keras"):
+    with pytest.raises(ExportError, match="not a run directory"):
         load_source(tmp_path)
     (tmp_path / "model.h5").write_bytes(b"x")
     with pytest.raises(ExportError, match="not a run directory or a .keras file"):
@@ -220,3 +220,32 @@ def test_bad_sources_are_named(tmp_path):
     (tmp_path / "broken.keras").write_bytes(b"not a zip")
     with pytest.raises(ExportError, match="cannot load the Keras model .*broken.keras"):
         load_source(tmp_path / "broken.keras")
+
+
+def test_run_export_carries_its_provenance_and_names_the_images(tmp_path, phantom_dir):
+    import copy
+
+    from run_helpers import make_run_dir
+
+    from can_tf.export.source import load_source
+    from can_tf.export.tflite import export_tflite
+    from can_tf.provenance import PHANTOM_WARNING
+
+    run = make_run_dir(tmp_path / "run", phantom_dir)  # trained (untrained here) on phantom images
+    out = tmp_path / "out"
+    result = export_tflite(run, out, num_verify=2)
+    recorded = json.loads((run / "provenance.json").read_text())
+    assert recorded["data"]["phantom"] is True
+    assert json.loads((out / "can_none.provenance.json").read_text()) == recorded
+    assert json.loads((out / "can_none.json").read_text())["provenance"] == "can_none.provenance.json"
+    summary = result.summary().splitlines()
+    # The run's own training images, named by the data they come from; never "real" for phantoms.
+    assert f"on 2 images of {recorded['data']['description']} " in summary[0]
+    assert "real images" not in result.summary() and summary[-1] == PHANTOM_WARNING
+
+    source = load_source(run)
+    source.provenance = copy.deepcopy(recorded)
+    source.provenance["data"].update(phantom=False, description="/data/ChestX-ray14")  # as a real-data run
+    real = export_tflite(source, out, num_verify=2, overwrite=True)
+    assert "on 2 images of /data/ChestX-ray14 " in real.summary() and PHANTOM_WARNING not in real.summary()
+    assert json.loads((out / "can_none.provenance.json").read_text())["data"]["phantom"] is False

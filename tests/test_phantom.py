@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import re
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
@@ -158,3 +160,19 @@ def test_rejects_bad_arguments(tmp_path):
         phantom.write_phantom(tmp_path, num_patients=5, image_size=8)
     with pytest.raises(ValueError, match="images_per_patient"):
         phantom.write_phantom(tmp_path, num_patients=5, images_per_patient=(3, 2))
+
+
+def test_rewrite_keeps_other_files_and_removes_a_killed_runs_staging(tmp_path):
+    out = tmp_path / "nih"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # its pid now belongs to no process: what it left is stale
+    stale = out / f".staging-phantom-{child.pid}-abcd1234"
+    (stale / "images").mkdir(parents=True)
+    phantom.write_phantom(out, num_patients=6, image_size=32)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["notes.txt", "images", "README.md", phantom.DATA_ENTRY_FILE, phantom.BBOX_FILE, phantom.TRAIN_VAL_FILE,
+         phantom.TEST_FILE])
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(_entries(out)["Image Index"])

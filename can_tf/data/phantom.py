@@ -45,7 +45,9 @@ across a patient's follow-ups, and each patient's anatomy is shared by their ima
 data, a split that is not patient-disjoint leaks.
 
 Generation is deterministic given the seed (the same bytes on the same platform) and fast: the
-default 240 patients (~600 images) at 128 px take 2-5 s on one CPU core.
+default 240 patients (~600 images) at 128 px take 2-5 s on one CPU core. The files are written in a
+hidden staging folder and moved into place only once all of them are complete (the label file
+last), so a failed write (a full disk: `DataError` naming the folder) leaves the folder as it was.
 
 Example:
     >>> from can_tf.data.phantom import write_phantom
@@ -57,18 +59,21 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 
+from can_tf.data.errors import DataError
+from can_tf.files import (fsync_dir, is_disk_full, make_folders, no_space_message, remove_empty_folders,
+                          remove_stale_temporaries, staging_folder)
 from can_tf.labels import CLASS_NAMES, NO_FINDING
 
 # Bump when the images or files change, so cached phantoms of an older version are not reused.
@@ -476,12 +481,31 @@ def write_phantom(
     Returns:
         ``out_dir`` as a Path.
 
+    Raises:
+        DataError: the disk is full; nothing was changed in ``out_dir`` (a folder this call created
+            is removed again).
+
     Example:
         >>> write_phantom("/tmp/phantom", num_patients=20, image_size=64)  # doctest: +SKIP
         PosixPath('/tmp/phantom')
     """
-    from PIL import Image
+    _check_arguments(num_patients, image_size, images_per_patient)
+    out = Path(out_dir)
+    created, staging = [], None
+    with _disk_full_as_data_error(out, lambda: remove_empty_folders(created)):
+        created.extend(make_folders(out))
+        remove_stale_temporaries(out)  # what killed runs of this command left
+        try:
+            staging = staging_folder(out, "phantom")
+            _write_files(staging, num_patients, image_size, seed, images_per_patient)
+            _move_into(staging, out)
+        finally:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+    return out
 
+
+def _check_arguments(num_patients: int, image_size: int, images_per_patient: tuple) -> None:
     lo, hi = images_per_patient
     if num_patients < 1:
         raise ValueError(f"num_patients must be at least 1, got {num_patients}")
@@ -492,11 +516,41 @@ def write_phantom(
             f"images_per_patient must be (fewest, most) with 1 <= fewest <= most, got {images_per_patient!r}"
         )
 
-    out = Path(out_dir)
+
+@contextlib.contextmanager
+def _disk_full_as_data_error(out: Path, undo: Callable[[], None]) -> Iterator[None]:
+    try:
+        yield
+    except Exception as e:
+        undo()
+        if is_disk_full(e):
+            raise DataError(no_space_message(out, "nothing was changed there")) from None
+        raise
+
+
+# The label file goes last: a folder with a Data_Entry_2017.csv holds a complete data set.
+_PUBLISH_ORDER = (IMAGE_DIR, BBOX_FILE, TRAIN_VAL_FILE, TEST_FILE, "README.md", DATA_ENTRY_FILE)
+
+
+def _move_into(staging: Path, out: Path) -> None:
+    """Moves the complete files from ``staging`` into ``out``: renames only, which need no space."""
+    for name in _PUBLISH_ORDER:
+        source, target = staging / name, out / name
+        if source.is_dir() and target.is_dir():
+            for path in sorted(source.iterdir()):
+                os.replace(path, target / path.name)
+        else:
+            os.replace(source, target)
+    fsync_dir(out)
+
+
+def _write_files(out: Path, num_patients: int, image_size: int, seed: int, images_per_patient: tuple) -> None:
+    from PIL import Image
+
     (out / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
     spacing = round(0.143 * 2500 / image_size, 6)  # NIH's ~36 cm field of view over image_size px
     rows, boxes = [], []
-    for patient in _sample_findings(seed, num_patients, (lo, hi)):
+    for patient in _sample_findings(seed, num_patients, tuple(images_per_patient)):
         age = patient["age"]
         for follow_up in range(patient["images"]):
             name = f"{patient['id']:08d}_{follow_up:03d}.png"
@@ -535,7 +589,6 @@ def write_phantom(
         f"{image_size} px images (x, y = top-left corner, w, h = size).\n"
         f"Written by `can_tf.data.phantom.write_phantom`; not real patients.\n"
     )
-    return out
 
 
 def _test_patients(rows: list, num_patients: int, seed: int) -> set:
@@ -586,16 +639,20 @@ def default_phantom_dir(num_patients: int = 240, image_size: int = 128, seed: in
     target = root / f"phantom-v{PHANTOM_VERSION}-p{num_patients}-s{image_size}-seed{seed}"
     if target.is_dir():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
-    try:
-        write_phantom(tmp, num_patients=num_patients, image_size=image_size, seed=seed)
+    _check_arguments(num_patients, image_size, (1, 4))
+    tmp = None
+    with _disk_full_as_data_error(target, lambda: None):
+        root.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(root)
         try:
-            os.rename(tmp, target)
-        except OSError:
-            if not target.is_dir():  # not a lost race with another process: a real failure
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            tmp = staging_folder(root, "phantom")
+            _write_files(tmp, num_patients, image_size, seed, (1, 4))
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                if not target.is_dir():  # not a lost race with another process: a real failure
+                    raise
+        finally:
+            if tmp is not None and tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -172,9 +172,13 @@ class Thresholds:
             "rule": "finding when probability >= threshold",
         }
 
+    def to_text(self) -> str:
+        """The content of a ``thresholds.json`` (what :meth:`from_json` reads back)."""
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
     def to_json(self, path: Union[str, os.PathLike]) -> None:
         """Writes the thresholds to ``path`` (atomically; an existing file is replaced)."""
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(path, self.to_text())
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "thresholds") -> "Thresholds":

@@ -15,11 +15,13 @@ holds the weights the fused output needs exactly once and no optimizer state. It
 
 Both image signatures return ``probabilities`` and ``logits`` float32 ``(B, C)``. The export's
 ``assets/`` hold ``labels.txt`` (one class a line, output order), ``thresholds.json`` when the run
-has one, and the run's ``config.yaml``.
+has one, and the run's ``config.yaml``; ``assets.extra/provenance.json`` is the run's provenance
+record (which data the model learned from, see :mod:`can_tf.provenance`) when the source has one.
 
 It is published in TF Serving's layout ``<base>/<name>/<version>/`` only after a fresh Python process
 that does not import can_tf has loaded it and reproduced the Keras model's probabilities on real
-images (:mod:`can_tf.export.verify`).
+images (:mod:`can_tf.export.verify`). Without an explicit version, the version is chosen when the
+export is published, under a lock on the model folder, so concurrent exports get different ones.
 
 Example:
     >>> from can_tf.export import export_saved_model
@@ -34,7 +36,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
@@ -43,8 +44,11 @@ import tensorflow as tf
 
 from can_tf.export import versioning
 from can_tf.export.source import ExportSource, load_source, sample_images
-from can_tf.export.verify import VerificationError, VerificationReport, verify_saved_model
+from can_tf.export.verify import VerificationError, VerificationReport, describe_images, verify_saved_model
 from can_tf.export.versioning import ExportError
+from can_tf.files import (make_folders, remove_empty_folders, remove_stale_temporaries, staging_folder,
+                          write_json)
+from can_tf.provenance import phantom_warning
 
 PathLike = Union[str, os.PathLike]
 
@@ -116,6 +120,8 @@ def images_to_model_input(images: tf.Tensor, image_size: int) -> tf.Tensor:
     from can_tf.data.pipeline import resize_gray, to_gray
 
     images = tf.convert_to_tensor(images, tf.float32)
+    # Refused here, not left to a pooling kernel (whether a NaN reaches the output depends on the CPU).
+    images = tf.debugging.assert_all_finite(images, "serving_images: pixel values must be finite (no NaN or inf)")
     channels = tf.shape(images)[-1]
     check = tf.debugging.Assert(
         tf.logical_or(tf.equal(channels, 1), tf.equal(channels, 3)),
@@ -205,9 +211,12 @@ class SavedModelExport:
     path: Path
     version: int
     verification: VerificationReport
+    provenance: Optional[dict] = None
 
     def summary(self) -> str:
-        return f"SavedModel version {self.version} at {self.path}\n{self.verification.summary()}"
+        lines = [f"SavedModel version {self.version} at {self.path}", self.verification.summary()]
+        warning = phantom_warning(self.provenance)
+        return "\n".join(lines + ([warning] if warning else []))
 
 
 def export_saved_model(
@@ -237,8 +246,8 @@ def export_saved_model(
         A :class:`SavedModelExport`.
 
     Raises:
-        ExportError: the version exists, the images cannot be read, or verification failed; the
-            staging folder is removed first, so nothing half-written is left.
+        ExportError: the version exists, the images cannot be read, the disk is full, or
+            verification failed; the staging folder is removed first, so nothing half-written is left.
 
     Example:
         >>> export_saved_model("runs/small-1a2b3c4d", "exports/serving/models", name="can")  # doctest: +SKIP
@@ -248,33 +257,61 @@ def export_saved_model(
     if not isinstance(source, ExportSource):
         source = load_source(source)
     model_dir = Path(base_dir) / name
-    version = versioning.next_version(model_dir) if version is None else version
-    versioning.check_version_free(model_dir, version)
+    if version is not None:
+        versioning.check_version_free(model_dir, version)  # before any work; checked again when publishing
     samples = sample_images(source, images, limit=num_images)
     expected = source.probabilities(_as_model_input(samples.images, source.input_channels))
+    provenance = getattr(source, "provenance", None)
+    described = describe_images(len(samples.paths), images, provenance, source.run_dir)
 
-    staging = versioning.staging_dir(model_dir, version)
+    remove_stale_temporaries(model_dir)  # staging folders of killed exports
+    created, staging, asset_dir = [], None, None
     try:
-        with tempfile.TemporaryDirectory() as asset_dir:
-            module = ServingModule(
-                source.logits_model(), source.class_names, source.image_size, source.thresholds,
-                max_pixels=max_pixels, assets=_write_assets(source, Path(asset_dir)),
-            )
-            tf.saved_model.save(module, str(staging), signatures=module.signatures())
+        created = make_folders(model_dir)
+        staging = versioning.staging_dir(model_dir, version)
+        # The asset files are staged on the export's own disk too: a full system temporary folder
+        # should not stop an export, and a full target disk is then the only one named.
+        asset_dir = staging_folder(model_dir, "assets")
+        module = ServingModule(
+            source.logits_model(), source.class_names, source.image_size, source.thresholds,
+            max_pixels=max_pixels, assets=_write_assets(source, asset_dir),
+        )
+        tf.saved_model.save(module, str(staging), signatures=module.signatures())
+        versioning.discard(asset_dir)
+        if provenance is not None:
+            # assets.extra: TF Serving's place for files beside the model that the graph does not read.
+            write_json(staging / "assets.extra" / "provenance.json", provenance)
         report = verify_saved_model(
             staging, samples.paths, samples.images, expected, class_names=source.class_names,
-            num_weights=source.num_weights, atol=atol,
+            num_weights=source.num_weights, atol=atol, images_description=described,
         )
         path = versioning.publish_dir(staging, model_dir, version)
-    except VerificationError as e:
+    except BaseException as e:
         versioning.discard(staging)
-        _remove_if_empty(model_dir)
-        raise ExportError(f"the export was not published (nothing was left behind): {e}") from None
-    except BaseException:
-        versioning.discard(staging)
-        _remove_if_empty(model_dir)
+        versioning.discard(asset_dir)
+        remove_empty_folders(created)
+        full = isinstance(e, Exception) and versioning.disk_full_error(
+            e, _failed_path(e, model_dir), "nothing was published and the partial export was removed")
+        if full:
+            raise full from None
+        if isinstance(e, VerificationError):
+            raise ExportError(f"the export was not published (nothing was left behind): {e}") from None
         raise
-    return SavedModelExport(path=path, version=version, verification=report)
+    return SavedModelExport(path=path, version=int(path.name), verification=report, provenance=provenance)
+
+
+def _failed_path(error: BaseException, model_dir: Path) -> Path:
+    # The file a full disk was hit on, unless it is in the model folder, where it would be a
+    # hidden staging name: the fresh-process check works in the system's temporary folder.
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        filename = getattr(error, "filename", None)
+        if filename:
+            path = Path(filename)
+            return model_dir if path.resolve().is_relative_to(model_dir.resolve()) else path
+        error = error.__cause__ or error.__context__
+    return model_dir
 
 
 def _as_model_input(images, channels: int):
@@ -284,23 +321,10 @@ def _as_model_input(images, channels: int):
 def _write_assets(source: ExportSource, folder: Path) -> dict:
     assets = {"labels": folder / "labels.txt"}
     assets["labels"].write_text("".join(f"{n}\n" for n in source.class_names), encoding="utf-8")
-    if source.thresholds_path is not None:
+    if source.threshold_set() is not None:
         assets["thresholds"] = folder / "thresholds.json"
-        shutil.copyfile(source.thresholds_path, assets["thresholds"])
-    elif source.thresholds is not None:
-        assets["thresholds"] = folder / "thresholds.json"
-        assets["thresholds"].write_text(json.dumps(
-            {"class_names": source.class_names, "thresholds": dict(zip(source.class_names, source.thresholds)),
-             "rule": "finding when probability >= threshold"}, indent=2))
+        assets["thresholds"].write_text(source.threshold_set().to_text(), encoding="utf-8")
     if source.config_path is not None:
         assets["config"] = folder / "config.yaml"
         shutil.copyfile(source.config_path, assets["config"])
     return assets
-
-
-def _remove_if_empty(folder: Path) -> None:
-    # A failed first export of a model name leaves no empty <name>/ folder behind either.
-    try:
-        folder.rmdir()
-    except OSError:
-        pass

@@ -42,7 +42,7 @@ class ExportSource:
         class_names: output order of the model.
         image_size: the square input size ``S`` of the model (it takes ``(B, S, S, channels)``).
         thresholds: per-class decision thresholds in ``class_names`` order, or None.
-        thresholds_path: the ``thresholds.json`` they came from (copied into exports as is).
+        thresholds_path: the ``thresholds.json`` they came from (see :meth:`threshold_set`).
         config_path: the run's ``config.yaml``, copied into SavedModel exports when known.
         run_dir: the run directory, when the model came from one (its split gives sample images).
         provenance: where the model comes from (data, splits, preset, epoch, versions), or None.
@@ -57,6 +57,17 @@ class ExportSource:
     run_dir: Optional[Path] = None
     model_path: Optional[Path] = None
     provenance: Optional[dict] = None  # the run's record (can_tf.provenance), carried into every export
+
+    def threshold_set(self):
+        """The thresholds as a :class:`~can_tf.evaluation.thresholds.Thresholds` (what every export
+        writes as its ``thresholds.json``), or None. Values given in memory count as ``fixed``."""
+        if self.thresholds is None:
+            return None
+        if getattr(self, "_threshold_set", None) is None:
+            from can_tf.evaluation.thresholds import Thresholds
+
+            self._threshold_set = Thresholds(tuple(self.class_names), "fixed", list(self.thresholds))
+        return self._threshold_set
 
     @classmethod
     def from_model(cls, model, class_names: Optional[Sequence[str]] = None, thresholds=None) -> "ExportSource":
@@ -198,6 +209,7 @@ def load_source(path: PathLike) -> ExportSource:
         if thresholds is not None:
             source.thresholds = [float(v) for v in thresholds.values]
             source.thresholds_path = run.thresholds_path
+            source._threshold_set = thresholds
     source.logits_model()  # checks the outputs against the class names now, not mid-export
     return source
 

@@ -15,8 +15,11 @@ needs the Flex delegate (absent on most phones); the result is also checked for 
 loading it in ``ai_edge_litert``. Before the file is published it is run in ``ai_edge_litert`` on
 real images and compared with the Keras model (float32 within 1e-4, float16 within 1e-2, the
 int8 variants within a loose bound, their error reported). Beside the ``.tflite`` go
-``labels.txt``, ``thresholds.json`` (when the run has thresholds) and ``<file stem>.json`` with the
-input size, dtype and scaling.
+``labels.txt``, ``thresholds.json`` (when the run has thresholds), ``<file stem>.json`` with the
+input size, dtype and scaling, and ``<file stem>.provenance.json``, the run's provenance record
+(which data the model learned from, see :mod:`can_tf.provenance`), when the source has one. They
+are written before the model is moved into place; if that fails (a full disk), the ones this
+export created are removed again.
 
 Example:
     >>> from can_tf.export import export_tflite
@@ -37,7 +40,11 @@ import numpy as np
 
 from can_tf.export import versioning
 from can_tf.export.source import ExportSource, load_source, sample_images
+from can_tf.export.verify import describe_images
 from can_tf.export.versioning import ExportError
+from can_tf.files import make_folders, remove_empty_folders, remove_stale_temporaries
+from can_tf.inputs import check_finite_pixels
+from can_tf.provenance import phantom_warning
 
 PathLike = Union[str, os.PathLike]
 
@@ -96,7 +103,11 @@ def convert_tflite(source: ExportSource, quantize: str = "none", uint8_input: bo
     try:
         return converter.convert()
     except Exception as e:  # the converter raises ConverterError and a few others
-        raise ExportError(f"TFLite conversion ({quantize}) failed with builtin ops only: {e}") from None
+        import tempfile
+
+        # The converter works in the system's temporary folder.
+        full = versioning.disk_full_error(e, tempfile.gettempdir(), f"the {quantize} conversion did not finish")
+        raise (full or ExportError(f"TFLite conversion ({quantize}) failed with builtin ops only: {e}")) from None
 
 
 def tflite_ops(model: Union[bytes, PathLike]) -> list:
@@ -118,7 +129,7 @@ def run_tflite(model: Union[bytes, PathLike], images: np.ndarray) -> np.ndarray:
     interpreter = _interpreter(model)
     interpreter.allocate_tensors()
     (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
-    images = _as_input(images, inp["dtype"] == np.uint8)
+    images = _as_input(check_finite_pixels(images), inp["dtype"] == np.uint8)
     results = []
     for image in images:
         interpreter.set_tensor(inp["index"], image[None])
@@ -153,12 +164,16 @@ class TFLiteExport:
     tolerance: float
     num_images: int
     ops: list
+    images: str = ""  # what the images were, from `can_tf.export.verify.describe_images`
+    provenance: Optional[dict] = None
 
     def summary(self) -> str:
-        return (f"{self.path} ({self.size_bytes / 1e6:.2f} MB, quantize={self.quantize}, "
+        line = (f"{self.path} ({self.size_bytes / 1e6:.2f} MB, quantize={self.quantize}, "
                 f"input {'uint8' if self.uint8_input else 'float32'}): max |p - p_keras| = "
-                f"{self.max_abs_error:.2e} on {self.num_images} real images (allowed {self.tolerance:g}); "
-                f"ops: {', '.join(self.ops)}")
+                f"{self.max_abs_error:.2e} on {self.images or describe_images(self.num_images)} "
+                f"(allowed {self.tolerance:g}); ops: {', '.join(self.ops)}")
+        warning = phantom_warning(self.provenance)
+        return f"{line}\n{warning}" if warning else line
 
 
 def export_tflite(
@@ -190,8 +205,8 @@ def export_tflite(
         tolerance: allowed max absolute error; default from :data:`TOLERANCES`.
 
     Raises:
-        ExportError: the file exists, conversion needs non-builtin ops, or the check failed; no
-            file is left behind then.
+        ExportError: the file exists, conversion needs non-builtin ops, the check failed, or the
+            disk is full; no file is left behind then.
 
     Example:
         >>> export_tflite("runs/small-1a2b3c4d", "out", quantize="float16")  # doctest: +SKIP
@@ -216,34 +231,54 @@ def export_tflite(
     actual = run_tflite(model, check_images)
     error = float(np.max(np.abs(actual - expected)))
     tolerance = TOLERANCES[quantize] if tolerance is None else tolerance
+    provenance = getattr(source, "provenance", None)
+    checked_on = describe_images(len(check_images), images, provenance, source.run_dir)
     if not error <= tolerance:
         raise ExportError(
             f"the {quantize} TFLite model differs from the Keras model by up to {error:.3g} "
-            f"(allowed {tolerance:g}) on {len(check_images)} real images; nothing was written"
+            f"(allowed {tolerance:g}) on {checked_on}; nothing was written"
         )
+
+    remove_stale_temporaries(out_dir)  # temporary files of killed exports
+    created_folders, created_files = [], []
+    companions = _companions(source, stem, quantize, uint8_input, overwrite, provenance)
 
     def write(tmp):
         # The companions go in before the model is moved into place, so a published model always has them.
         Path(tmp).write_bytes(model)
-        _write_companions(source, out_dir, stem, quantize, uint8_input, overwrite)
+        for name, (text, replace) in companions.items():
+            path = out_dir / name
+            existed = path.exists()
+            versioning.write_file_atomic(path, text, overwrite=replace)
+            if not existed:
+                created_files.append(path)
 
-    versioning.publish_file(target, write, overwrite=overwrite)
+    try:
+        created_folders = make_folders(out_dir)
+        versioning.publish_file(target, write, overwrite=overwrite)
+    except BaseException as e:
+        # Only what this export created goes: an earlier model's companions stay with it.
+        for path in created_files:
+            path.unlink(missing_ok=True)
+        remove_empty_folders(created_folders)
+        full = isinstance(e, Exception) and versioning.disk_full_error(
+            e, target, f"nothing was written there (the model is {len(model) / 1e6:.2f} MB)")
+        if full:
+            raise full from None
+        raise
+    if provenance is None:
+        # One describing an earlier model of this name would now be wrong.
+        (out_dir / f"{stem}.provenance.json").unlink(missing_ok=True)
     return TFLiteExport(path=target, quantize=quantize, uint8_input=uint8_input, size_bytes=len(model),
                         max_abs_error=error, tolerance=tolerance, num_images=len(check_images),
-                        ops=tflite_ops(model))
+                        ops=tflite_ops(model), images=checked_on, provenance=provenance)
 
 
-def _write_companions(source, out_dir, stem, quantize, uint8_input, overwrite) -> None:
-    versioning.write_file_atomic(out_dir / "labels.txt", "".join(f"{n}\n" for n in source.class_names),
-                                 overwrite=overwrite)
-    if source.thresholds is not None:
-        thresholds = {"class_names": source.class_names,
-                      "thresholds": dict(zip(source.class_names, source.thresholds)),
-                      "rule": "finding when probability >= threshold"}
-        if source.thresholds_path is not None:
-            thresholds = json.loads(Path(source.thresholds_path).read_text())
-        versioning.write_file_atomic(out_dir / "thresholds.json", json.dumps(thresholds, indent=2) + "\n",
-                                     overwrite=overwrite)
+def _companions(source, stem, quantize, uint8_input, overwrite, provenance) -> dict:
+    """``{file name: (text, replace if it exists)}`` of the files that travel with ``<stem>.tflite``."""
+    files = {"labels.txt": ("".join(f"{n}\n" for n in source.class_names), overwrite)}
+    if source.threshold_set() is not None:
+        files["thresholds.json"] = (source.threshold_set().to_text(), overwrite)
     metadata = {
         "model_file": f"{stem}.tflite",
         "input": {"shape": [1, source.image_size, source.image_size, 1],
@@ -254,6 +289,10 @@ def _write_companions(source, out_dir, stem, quantize, uint8_input, overwrite) -
         "quantize": quantize,
         "labels": "labels.txt",
         "thresholds": "thresholds.json" if source.thresholds is not None else None,
+        "provenance": f"{stem}.provenance.json" if provenance is not None else None,
     }
-    versioning.write_file_atomic(out_dir / f"{stem}.json", json.dumps(metadata, indent=2) + "\n",
-                                 overwrite=True)
+    # The per-model files describe this model only, so they are always replaced.
+    files[f"{stem}.json"] = (json.dumps(metadata, indent=2) + "\n", True)
+    if provenance is not None:
+        files[f"{stem}.provenance.json"] = (json.dumps(provenance, indent=2) + "\n", True)
+    return files

@@ -18,12 +18,14 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 # Checkpoint keys of optimizer state: slot variables (Adam's m and v...) and Keras optimizer objects.
 _OPTIMIZER_MARKERS = (".OPTIMIZER_SLOT", "optimizer", "_iterations", "/iteration")
@@ -43,12 +45,46 @@ class VerificationReport:
     model_scalars: int
     checkpoint_variables: int
     signatures: list
+    images: str = ""  # what the images were, from `describe_images`
 
     def summary(self) -> str:
         errors = ", ".join(f"{k} {v:.2e}" for k, v in self.max_abs_error.items())
-        return (f"verified in a fresh process on {self.num_images} real images: max |p - p_keras| {errors}; "
+        return (f"verified in a fresh process on {self.images or describe_images(self.num_images)}: "
+                f"max |p - p_keras| {errors}; "
                 f"{self.checkpoint_variables} variables, {self.checkpoint_scalars} scalars "
                 f"(model weights: {self.model_scalars})")
+
+
+def describe_images(count: int, images=None, provenance: Optional[dict] = None, run_dir=None) -> str:
+    """What an export was checked on, for its summary: where the images came from, never "real".
+
+    Images the user gave are named by their folder (or list file); otherwise they are the run's
+    training images, named by the provenance record's data description, which says so when they
+    are the built-in phantom's synthetic images.
+
+    Example:
+        >>> describe_images(8, provenance={"data": {"description": "built-in phantom data (synthetic images)"}})
+        '8 images of built-in phantom data (synthetic images)'
+        >>> describe_images(2, ["xrays/a.png", "xrays/b.png"])
+        '2 images from xrays'
+    """
+    counted = f"{count} image{'' if count == 1 else 's'}"
+    if isinstance(images, (list, tuple)):
+        if images:
+            folders = [os.path.dirname(str(p)) or "." for p in images]
+            try:
+                folder = os.path.commonpath(folders)
+            except ValueError:  # relative and absolute paths mixed
+                folder = os.path.commonpath([os.path.abspath(f) for f in folders])
+            return f"{counted} from {folder}"
+    elif images is not None:
+        return f"{counted} from {images}"
+    description = ((provenance or {}).get("data") or {}).get("description")
+    if description:
+        return f"{counted} of {description}"
+    if run_dir is not None:
+        return f"{counted} of the training split of run {run_dir}"
+    return counted
 
 
 def check_close(name: str, actual, expected, atol: float) -> float:
@@ -67,7 +103,8 @@ def check_close(name: str, actual, expected, atol: float) -> float:
 
 
 def verify_saved_model(export_dir, image_paths, images, expected, *, class_names, num_weights: int,
-                       atol: float = 1e-4, timeout: float = 900) -> VerificationReport:
+                       atol: float = 1e-4, timeout: float = 900,
+                       images_description: Optional[str] = None) -> VerificationReport:
     """Loads ``export_dir`` in a fresh process and checks it against the Keras model's ``expected``.
 
     Args:
@@ -78,18 +115,28 @@ def verify_saved_model(export_dir, image_paths, images, expected, *, class_names
         class_names: what ``metadata`` must return.
         num_weights: scalars in the model's weights; the checkpoint must hold this many (once).
         atol: allowed absolute difference of the probabilities.
+        images_description: what the images are, for the report (see `describe_images`).
 
     Raises:
         VerificationError: with the reason (the child's traceback when it failed).
+        can_tf.files.DiskFullError: the temporary folder the check works in is full.
     """
     import numpy as np
 
+    # Imported here, not at the top: this file also runs as the child script, which must not load can_tf.
+    from can_tf.files import DiskFullError, is_disk_full
+
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        np.save(work / "images.npy", np.asarray(images, np.float32))
         request = {"export_dir": str(Path(export_dir).resolve()), "image_paths": [str(p) for p in image_paths],
                    "images": str(work / "images.npy"), "result": str(work / "result.json")}
-        (work / "request.json").write_text(json.dumps(request))
+        try:
+            np.save(work / "images.npy", np.asarray(images, np.float32))
+            (work / "request.json").write_text(json.dumps(request))
+        except OSError as e:
+            if is_disk_full(e):
+                raise DiskFullError(work) from e
+            raise
         # The check runs on the CPU: on a GPU, TensorFloat-32 matmuls alone differ by ~1e-3.
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
         try:
@@ -99,6 +146,8 @@ def verify_saved_model(export_dir, image_paths, images, expected, *, class_names
             raise VerificationError(f"loading and calling the export took over {timeout:g} s") from None
         if run.returncode != 0:
             tail = "\n".join((run.stderr or run.stdout).strip().splitlines()[-15:])
+            if os.strerror(errno.ENOSPC) in tail:
+                raise DiskFullError(work)  # the child could not write its result there
             raise VerificationError(f"the export failed in a fresh Python process:\n{tail}")
         result = json.loads((work / "result.json").read_text())
 
@@ -123,7 +172,8 @@ def verify_saved_model(export_dir, image_paths, images, expected, *, class_names
               for name in ("serving_default", "serving_images")}
     return VerificationReport(max_abs_error=errors, num_images=len(image_paths), checkpoint_scalars=scalars,
                               model_scalars=num_weights, checkpoint_variables=len(result["variables"]),
-                              signatures=sorted(result["signatures"]))
+                              signatures=sorted(result["signatures"]),
+                              images=images_description or describe_images(len(image_paths)))
 
 
 def _child(request_path: str) -> None:

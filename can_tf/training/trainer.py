@@ -35,8 +35,8 @@ from typing import Optional
 
 import numpy as np
 
-from can_tf.files import write_json
-from can_tf.run import Run, best_row, default_run_dir
+from can_tf.files import is_disk_full, no_space_message, write_json
+from can_tf.run import Run, RunError, best_row, default_run_dir
 
 
 @dataclass
@@ -139,10 +139,15 @@ def train(config, *, extra_callbacks=(), runs_root: str = "runs", extend: bool =
         tc.run_dir = str(default_run_dir(config, runs_root))
     if info.is_chief:
         run = Run(tc.run_dir)
-        with run.training(config, extend=extend):
-            print(f"Run directory: {run.root}" + (" (derived from the config: run the same command again "
-                                                   "to resume it)" if derived else ""), flush=True)
-            return _train_in(run, config, info, policy, extra_callbacks, checkpoint_dir=None)
+        try:
+            with run.training(config, extend=extend):
+                print(f"Run directory: {run.root}" + (" (derived from the config: run the same command again "
+                                                       "to resume it)" if derived else ""), flush=True)
+                return _train_in(run, config, info, policy, extra_callbacks, checkpoint_dir=None)
+        except Exception as error:
+            if not is_disk_full(error):
+                raise
+            raise RunError(_disk_full_message(run, error)) from error
     # Non-chief workers must save too (saving may involve collectives) but somewhere else.
     scratch = Path(tempfile.mkdtemp(prefix=f"can-tf-worker{info.worker_index}-"))
     checkpoint_dir = Path(tc.run_dir) / ".workers" / f"worker-{info.worker_index}" / "checkpoint"
@@ -297,6 +302,26 @@ def _train_in(run: Run, config, info, policy, extra_callbacks, *, checkpoint_dir
         test_auroc=test_auroc, test_mean_auroc=metrics["test_mean_auroc"], stop_reason=stop_reason,
         is_chief=info.is_chief, metrics=metrics,
     )
+
+
+def _disk_full_message(run: Run, error: BaseException) -> str:
+    """The one line for a full disk during ``fit``: the file, the space left, what the run kept."""
+    path = next((e.filename for e in _chain(error) if getattr(e, "filename", None)), run.root)
+    epochs = len(run.committed_history()) if run.root.is_dir() else 0
+    if epochs:
+        outcome = (f"the run keeps its {epochs} finished epoch(s) in {run.root} and the same command "
+                   f"resumes from there")
+    else:
+        outcome = "no epoch had finished, so nothing of this run was kept"
+    return no_space_message(path, outcome)
+
+
+def _chain(error: BaseException):
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
 
 
 def _split_line(config, splits: dict) -> str:
