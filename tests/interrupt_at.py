@@ -49,24 +49,20 @@ def install(moment: str, epoch: int) -> None:
     import can_tf.files as files
     import can_tf.run as run
 
-    if moment == "weights":
-        original = run.atomic_write
+    if moment in ("weights", "best"):
+        # the checkpoint is written through can_tf.run's import, the best model through can_tf.files'
+        if moment == "weights":
+            module, target = run, f"epoch-{epoch}.weights.h5"
+        else:
+            module, target = files, f"best-epoch-{epoch}.keras"
+        original = module.atomic_write
 
         def atomic_write(path, write_fn, **kwargs):
-            if Path(path).name == f"epoch-{epoch}.weights.h5":
+            if Path(path).name == target:
                 write_fn = _half_written(write_fn)
             return original(path, write_fn, **kwargs)
 
-        run.atomic_write = atomic_write
-    elif moment == "best":
-        original = files.atomic_write
-
-        def atomic_write(path, write_fn, **kwargs):
-            if Path(path).name == f"best-epoch-{epoch}.keras":
-                write_fn = _half_written(write_fn)
-            return original(path, write_fn, **kwargs)
-
-        files.atomic_write = atomic_write
+        module.atomic_write = atomic_write
     elif moment == "publish":
         original = run.Run._finish_publish
 

@@ -171,18 +171,9 @@ def _write_float_dicom(path, pixels):
     pydicom = pytest.importorskip("pydicom")
     if int(pydicom.__version__.split(".")[0]) < 3:
         pytest.skip("writing Float Pixel Data needs pydicom 3")
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from dicom_support import new_dicom
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.SamplesPerPixel, ds.PhotometricInterpretation = "DX", 1, "MONOCHROME2"
-    ds.Rows, ds.Columns = pixels.shape
+    ds = new_dicom(*pixels.shape)
     ds.BitsAllocated = 32
     ds.FloatPixelData = pixels.astype("<f4").tobytes()
     ds.save_as(path, enforce_file_format=True)

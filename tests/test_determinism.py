@@ -1,0 +1,92 @@
+"""``train.deterministic=true``: the same ``can-tf fit`` twice gives the same history and metrics.
+
+Op determinism is process-wide and cannot be switched off again, so everything that turns it on
+runs in a subprocess: the rest of the session keeps TensorFlow's default behaviour.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from can_tf.config import RunConfig, TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+TIMING_COLUMNS = {"epoch_seconds"}
+
+
+def _python(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _history_without_timing(run_dir: Path) -> list:
+    with open(run_dir / "history.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in csv.DictReader(f)]
+
+
+def test_deterministic_is_off_by_default_and_set_by_override():
+    assert TrainConfig().deterministic is False
+    config = RunConfig.resolve("small", overrides=["train.deterministic=true"])
+    assert config.train.deterministic is True
+    assert RunConfig.from_dict(config.to_dict()).train.deterministic is True
+
+
+def test_configure_determinism_does_nothing_when_off():
+    import random
+
+    from tensorflow.python.framework import config as tf_config  # no public getter exists
+
+    from can_tf.training.determinism import configure_determinism
+
+    state = random.getstate()
+    configure_determinism(RunConfig.resolve("small"))
+    assert random.getstate() == state  # not reseeded
+    assert not tf_config.is_op_determinism_enabled()
+
+
+def test_configure_determinism_seeds_everything_and_enables_op_determinism():
+    code = """
+import random, numpy as np, keras, tensorflow as tf
+from tensorflow.python.framework import config as tf_config
+from can_tf.config import RunConfig
+from can_tf.training.determinism import configure_determinism
+
+def draws():
+    return [random.random(), float(np.random.rand()), float(tf.random.uniform([])),
+            float(keras.random.uniform([]))]
+
+configure_determinism(RunConfig.resolve("small", overrides=["train.deterministic=true", "train.seed=7"]))
+first = draws()
+keras.utils.set_random_seed(7)
+print(tf_config.is_op_determinism_enabled(), first == draws())
+"""
+    result = _python("-c", code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-2:] == ["True", "True"]
+
+
+def test_fit_twice_gives_identical_history_and_test_auroc(tmp_path, phantom_dir):
+    # Augmentation on and data.deterministic left at false: train.deterministic must cover both.
+    def fit(name: str) -> Path:
+        run_dir = tmp_path / name
+        result = _python("-m", "can_tf_cli.main", "fit", "--preset", "small", "--data", str(phantom_dir),
+                         "--run-dir", str(run_dir), "--epochs", "2", "--batch-size", "8",
+                         "--set", "train.steps_per_epoch=3", "--set", "train.deterministic=true",
+                         "--set", "train.verbose=2")
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        return run_dir
+
+    a, b = fit("a"), fit("b")
+    history_a, history_b = _history_without_timing(a), _history_without_timing(b)
+    assert len(history_a) == 2 and "loss" in history_a[0] and "val_mean_auroc" in history_a[0]
+    assert history_a == history_b  # exact: the CSV holds every float's shortest repr
+    metrics_a = json.loads((a / "metrics.json").read_text())
+    metrics_b = json.loads((b / "metrics.json").read_text())
+    assert metrics_a["test_auroc"] == metrics_b["test_auroc"]
+    assert metrics_a["test_mean_auroc"] == metrics_b["test_mean_auroc"]
