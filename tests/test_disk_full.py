@@ -285,3 +285,24 @@ def test_fit_that_fills_the_disk_mid_run_keeps_its_epochs_and_resumes_once_space
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert "Resuming after epoch 1" in again.stdout
     assert [r["epoch"] for r in read_history(run / "history.csv")] == [0, 1, 2]
+
+
+def test_evaluate_on_a_full_disk_leaves_no_half_report(small_disk, phantom_dir, tmp_path):
+    from run_helpers import make_run_dir
+
+    run = make_run_dir(tmp_path / "run", phantom_dir)
+    out = small_disk.path / "report"
+    args = ["evaluate", run, "--bootstrap", "5", "--thresholds", "none", "--out", out]
+    failed = cli(*args)
+    output = failed.stdout + failed.stderr
+    errors = [line for line in output.splitlines() if line.startswith("Error:")]
+    assert failed.returncode == 1 and len(errors) == 1, output[-3000:]
+    assert errors[0].startswith(f"Error: no space left on device writing {out}/"), errors[0]
+    assert ".staging" not in errors[0]
+    assert "no part of the new report was written" in errors[0] and "Traceback" not in output
+    assert small_disk.listing() == []  # no partial report, no staging folder
+
+    small_disk.resize("10m")
+    again = cli(*args)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["report.csv", "report.json", "report.md", "roc.png"]

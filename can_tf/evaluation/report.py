@@ -33,6 +33,7 @@ import io
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -389,11 +390,30 @@ class EvaluationReport:
                         f"{path} already exists; pass overwrite=True to replace the report in "
                         f"{directory}"
                     )
-        self.to_markdown_file(targets["markdown"])
-        self.to_csv(targets["csv"])
-        self.to_json(targets["json"])
-        if plot:
-            self.plot_roc(targets["roc"])
+        # All four are written into a staging folder first: a full disk or a failed plot leaves the
+        # previous report as it was, never half of a new one.
+        from can_tf.files import (fsync_dir, is_disk_full, make_folders, no_space_message, remove_empty_folders,
+                                  remove_stale_temporaries, staging_folder)
+
+        created = make_folders(directory)
+        remove_stale_temporaries(directory)  # what a killed evaluation left
+        staging = staging_folder(directory, "report")
+        try:
+            writers = {"markdown": self.to_markdown_file, "csv": self.to_csv, "json": self.to_json,
+                       "roc": self.plot_roc}
+            for kind, target in targets.items():
+                writers[kind](staging / target.name)
+            for target in targets.values():
+                os.replace(staging / target.name, target)
+            fsync_dir(directory)
+        except BaseException as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            remove_empty_folders(created)
+            if isinstance(error, Exception) and is_disk_full(error):
+                raise EvaluationError(no_space_message(
+                    target, "no part of the new report was written; an earlier report there is unchanged")) from error
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
         return targets
 
 
