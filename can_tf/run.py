@@ -333,13 +333,7 @@ class Run:
                               f"--run-dir (results are never overwritten), or add --extend with more --epochs "
                               f"to train it further")
         if self.config_path.is_file():
-            import yaml
-
-            try:
-                saved = yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
-            except (OSError, yaml.YAMLError) as e:
-                raise ConfigError(f"cannot read {self.config_path}: {e}") from None
-            diffs = config_differences(saved, config.to_dict(), ignore)
+            diffs = config_differences(read_config(self.config_path).to_dict(), config.to_dict(), ignore)
             if diffs and not self.started:
                 # Nothing was trained here (e.g. the data failed to load): start afresh with this config.
                 shutil.rmtree(self.splits, ignore_errors=True)
