@@ -59,6 +59,9 @@ class DataConfig:
     augment: bool = True
     cache: str = "memory"  # none | memory | a file path prefix
     on_bad_image: str = "stop"  # stop | skip
+    # Fixed tf.data element order (parallel decode and augmentation hand over elements in order):
+    # a rerun sees the same batches, though op results may still vary (GPU kernels, large graphs).
+    # train.deterministic implies it.
     deterministic: bool = False
     phantom_patients: int = 240  # built-in phantom data set size when source is None
     phantom_image_size: int = 128
@@ -167,6 +170,10 @@ class TrainConfig:
     strategy: str = "auto"  # auto | default | mirrored | multi_worker
     run_dir: Optional[str] = None  # None: runs/<timestamp>
     seed: int = 0
+    # A rerun on the same machine repeats the run exactly (history, checkpoints, metrics): seeds,
+    # TF op determinism (which also forces deterministic tf.data whatever data.deterministic says)
+    # and Grappler off. See can_tf.training.determinism for what it covers and costs.
+    deterministic: bool = False
     verbose: str = "auto"  # auto | 0 | 1 | 2 (Keras progress bar at a terminal)
 
     def validate(self) -> None:

@@ -22,17 +22,21 @@ Choices, and why:
 - **Cache** (``"memory"`` or a file prefix) sits after decode + resize and before shuffling and
   augmentation, so each epoch re-augments but never re-decodes. A file cache's name gets the image
   size and a digest of the file list appended, so train, val and test (or another image size) given
-  the same prefix never read each other's cache.
+  the same prefix never read each other's cache. A training cache holds its files in the seeded
+  shuffle order, so its digest covers the seed too: another ``seed`` builds its own cache instead of
+  silently reusing the first seed's order.
 - **Shuffling** (training only) is seeded: the file list is shuffled in full before decoding;
   with a cache, a second shuffle after it (a buffer of up to 256 MB of images) reshuffles each epoch.
 - **Augmentation** (training with ``augment=True``): see :mod:`can_tf.data.augment` (small
   rotation, shift, zoom, exposure; no flips). Seeds come from ``tf.data.Dataset.random`` with a new
   stream each epoch, so epochs differ but runs with the same seed repeat exactly.
 - **deterministic=True** keeps element order fixed through the parallel stages; the order and the
-  augmentations are then identical on every run. ``False`` lets parallel decoding hand over
-  elements as they finish (faster when files arrive unevenly); the shuffle is seeded either way.
-  Evaluation pipelines (``training=False``) always keep the table's row order, so predictions
-  line up with rows.
+  augmentations are then identical on every run. ``False`` lets parallel decoding and augmentation
+  hand over elements as they finish (faster when files arrive unevenly): the shuffle is seeded
+  either way, but the hand-over order is not, and a cache freezes it for every later epoch, so each
+  run trains on a slightly different order. TensorFlow op determinism (``train.deterministic``, see
+  :mod:`can_tf.training.determinism`) overrides ``False`` to ``True`` in every stage. Evaluation
+  pipelines (``training=False``) always keep the table's row order, so predictions line up with rows.
 - **Sharding**: with an ``input_context`` (``tf.distribute``), each input pipeline keeps every
   ``num_input_pipelines``-th file (``Dataset.shard``, before reading any file) and batches
   ``input_context.get_per_replica_batch_size(batch_size)`` images.
@@ -205,9 +209,11 @@ def _drop_bad_images(df, on_bad_image: str):
     return kept
 
 
-def _cache_file(prefix: str, paths: Sequence[str], image_size: int, input_context) -> str:
-    """A cache file name unique to this file list, image size and shard."""
-    digest = hashlib.sha1("\n".join(paths).encode()).hexdigest()[:12]
+def _cache_file(prefix: str, paths: Sequence[str], image_size: int, input_context,
+                shuffle_seed=None) -> str:
+    """A cache file name unique to this file list, image size, shard and (training) shuffle seed."""
+    key = "\n".join(paths) + ("" if shuffle_seed is None else f"\nshuffle seed {shuffle_seed}")
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
     shard = ""
     if input_context is not None:
         shard = f"-shard{input_context.input_pipeline_id}of{input_context.num_input_pipelines}"
@@ -284,7 +290,8 @@ def make_dataset(
     if cache == "memory":
         ds = ds.cache()
     elif cache != "none":
-        ds = ds.cache(_cache_file(cache, paths, image_size, input_context))
+        ds = ds.cache(_cache_file(cache, paths, image_size, input_context,
+                                  shuffle_seed=seed if training else None))
     if training and cache != "none":
         buffer = int(min(len(paths), max(1024, SHUFFLE_BUFFER_BYTES // (image_size * image_size))))
         ds = ds.shuffle(max(1, buffer), seed=seed + 1, reshuffle_each_iteration=True)

@@ -125,6 +125,7 @@ def train(config, *, extra_callbacks=(), runs_root: str = "runs", extend: bool =
     """
     import keras
 
+    from can_tf.training.determinism import configure_determinism
     from can_tf.training.strategy import make_strategy, set_precision
 
     config = copy.deepcopy(config).validate()
@@ -133,6 +134,7 @@ def train(config, *, extra_callbacks=(), runs_root: str = "runs", extend: bool =
     info = make_strategy(tc)
     policy = set_precision(tc.mixed_precision)
     keras.utils.set_random_seed(tc.seed)
+    configure_determinism(config)  # train.deterministic: before any model or dataset exists
 
     derived = tc.run_dir is None
     if derived:
