@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from can_tf.config import RunConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,6 +118,27 @@ def test_fit_twice_gives_identical_history_and_test_auroc(tmp_path, phantom_dir)
     metrics_b = json.loads((b / "metrics.json").read_text())
     assert metrics_a["test_auroc"] == metrics_b["test_auroc"]
     assert metrics_a["test_mean_auroc"] == metrics_b["test_mean_auroc"]
+
+
+@pytest.mark.slow
+def test_a_run_killed_and_resumed_repeats_the_uninterrupted_run(tmp_path, phantom_dir):
+    # The resumed run continues the batch stream where the killed one stopped: same batches, same
+    # augmentations, same optimizer state, so the same history as a run that was never interrupted.
+    def args(run_dir):
+        return ["fit", "--preset", "small", "--data", str(phantom_dir), "--run-dir", str(run_dir),
+                "--epochs", "3", "--batch-size", "8", "--set", "train.steps_per_epoch=3",
+                "--set", "train.deterministic=true", "--set", "train.verbose=2",
+                "--set", "train.early_stopping_patience=0"]
+
+    whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
+    assert _python("-m", "can_tf_cli.main", *args(whole)).returncode == 0
+    killed = _python("tests/interrupt_at.py", "kill", "history", "2", *args(interrupted))
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = _python("-m", "can_tf_cli.main", *args(interrupted))
+    assert resumed.returncode == 0 and "Resuming after epoch 2" in resumed.stdout, resumed.stderr[-2000:]
+    assert _history_without_timing(interrupted) == _history_without_timing(whole)
+    assert (json.loads((interrupted / "metrics.json").read_text())["test_auroc"]
+            == json.loads((whole / "metrics.json").read_text())["test_auroc"])
 
 
 def test_dense_block_gradients_repeat_exactly():
