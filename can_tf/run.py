@@ -412,7 +412,7 @@ class Run:
                 print("Restarting from epoch 0", file=sys.stderr, flush=True)
             else:
                 resumed = Resumed(epoch=int(state["epoch"]), rows=_rows_from_json(state["history"]),
-                                  stop_reason=state.get("stop_reason"))
+                                  stop_reason=state.get("stop_reason"), callbacks=state.get("callbacks") or {})
         elif files.has_files():
             files.set_aside_all("not a checkpoint this version of can-tf can resume from")
         if publish:
@@ -443,11 +443,13 @@ class Run:
                     atomic_write_text(self.history, text)
 
     def commit_epoch(self, epoch: int, row: dict, model, *, save_best: Optional[Callable] = None,
-                     checkpoint_dir: Optional[Path] = None, publish: bool = True) -> None:
+                     checkpoint_dir: Optional[Path] = None, publish: bool = True,
+                     callback_state: Optional[dict] = None) -> None:
         """Commits finished epoch ``epoch`` (0-based) with its history ``row``; see the module docstring.
 
         ``save_best(best_path, inference_path)`` writes the two model files when this epoch is the
-        best so far (None: not the best).
+        best so far (None: not the best). ``callback_state`` (JSON values) is what callbacks such as
+        early stopping need to continue after a resume; :meth:`restore` gives it back.
         """
         files = _CheckpointFiles(Path(checkpoint_dir) if checkpoint_dir is not None else self.checkpoint)
         state = files.read() or {"history": []}
@@ -465,7 +467,8 @@ class Run:
                 staged = [best_path, inference_path]
                 save_best(best_path, inference_path)
             write_json(files.state_file, {"format_version": STATE_VERSION, "epoch": n, "weights": weights.name,
-                                          "history": rows, "stop_reason": None})  # the commit point
+                                          "history": rows, "stop_reason": None,
+                                          "callbacks": callback_state or {}})  # the commit point
         except BaseException:
             for path in [weights, *staged]:
                 with contextlib.suppress(OSError):
@@ -490,12 +493,15 @@ class Run:
 
 
 class Resumed:
-    """What :meth:`Run.restore` found: ``epoch`` (finished epochs), history ``rows``, ``stop_reason``."""
+    """What :meth:`Run.restore` found: ``epoch`` (finished epochs), history ``rows``, ``stop_reason``
+    and ``callbacks`` (the state callbacks committed with the epoch)."""
 
-    def __init__(self, epoch: int = 0, rows: Optional[list] = None, stop_reason: Optional[str] = None):
+    def __init__(self, epoch: int = 0, rows: Optional[list] = None, stop_reason: Optional[str] = None,
+                 callbacks: Optional[dict] = None):
         self.epoch = epoch
         self.rows = rows or []
         self.stop_reason = stop_reason
+        self.callbacks = callbacks or {}
 
 
 def set_aside(path: Path, why: str) -> Path:

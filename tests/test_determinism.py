@@ -123,20 +123,23 @@ def test_fit_twice_gives_identical_history_and_test_auroc(tmp_path, phantom_dir)
 @pytest.mark.slow
 def test_a_run_killed_and_resumed_repeats_the_uninterrupted_run(tmp_path, phantom_dir):
     # The resumed run continues the batch stream where the killed one stopped: same batches, same
-    # augmentations, same optimizer state, so the same history as a run that was never interrupted.
+    # augmentations, same optimizer state, the same reduce-on-plateau and early-stopping counters,
+    # so the same history as a run that was never interrupted.
     def args(run_dir):
         return ["fit", "--preset", "small", "--data", str(phantom_dir), "--run-dir", str(run_dir),
-                "--epochs", "3", "--batch-size", "8", "--set", "train.steps_per_epoch=3",
+                "--epochs", "6", "--batch-size", "8", "--set", "train.steps_per_epoch=3",
                 "--set", "train.deterministic=true", "--set", "train.verbose=2",
-                "--set", "train.early_stopping_patience=0"]
+                "--set", "train.schedule=plateau", "--set", "train.early_stopping_patience=3"]
 
     whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
     assert _python("-m", "can_tf_cli.main", *args(whole)).returncode == 0
-    killed = _python("tests/interrupt_at.py", "kill", "history", "2", *args(interrupted))
+    killed = _python("tests/interrupt_at.py", "kill", "history", "4", *args(interrupted))
     assert killed.returncode == -9, killed.stderr[-2000:]
     resumed = _python("-m", "can_tf_cli.main", *args(interrupted))
-    assert resumed.returncode == 0 and "Resuming after epoch 2" in resumed.stdout, resumed.stderr[-2000:]
-    assert _history_without_timing(interrupted) == _history_without_timing(whole)
+    assert resumed.returncode == 0 and "Resuming after epoch 4" in resumed.stdout, resumed.stderr[-2000:]
+    history = _history_without_timing(whole)
+    assert len({row["learning_rate"] for row in history}) > 1  # the plateau schedule did act
+    assert _history_without_timing(interrupted) == history
     assert (json.loads((interrupted / "metrics.json").read_text())["test_auroc"]
             == json.loads((whole / "metrics.json").read_text())["test_auroc"])
 

@@ -177,8 +177,13 @@ class RunCheckpoint(keras.callbacks.Callback):
     (a non-chief worker) checkpoints without publishing models or history.
     """
 
+    # What early stopping and reduce-on-plateau count between epochs; their on_train_begin resets it,
+    # so without this a resumed run would wait `patience` epochs afresh.
+    STATE_FIELDS = ("wait", "best", "best_epoch", "cooldown_counter")
+
     def __init__(self, run, model_factory, monitor: str = "val_mean_auroc",
-                 initial_best: Optional[float] = None, checkpoint_dir=None, publish: bool = True):
+                 initial_best: Optional[float] = None, checkpoint_dir=None, publish: bool = True,
+                 stateful=(), restored_state: Optional[dict] = None):
         super().__init__()
         self.run = run
         self.monitor = monitor
@@ -186,7 +191,27 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.best_epoch = None
         self.checkpoint_dir = checkpoint_dir
         self.publish = publish
+        self.stateful = list(stateful)
+        self.restored_state = dict(restored_state or {})
         self._twin = _InferenceTwin(model_factory)
+
+    def on_train_begin(self, logs=None):
+        # Runs after the stateful callbacks' own on_train_begin (they come earlier in the list).
+        for callback in self.stateful:
+            for name, value in self.restored_state.get(type(callback).__name__, {}).items():
+                setattr(callback, name, value)
+
+    def callback_state(self) -> dict:
+        """``{callback class: {field: value}}`` of the stateful callbacks, JSON-ready."""
+        state = {}
+        for callback in self.stateful:
+            fields = {}
+            for name in self.STATE_FIELDS:
+                value = getattr(callback, name, None)
+                if isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
+                    fields[name] = float(value) if isinstance(value, (float, np.floating)) else int(value)
+            state[type(callback).__name__] = fields
+        return state
 
     def save_models(self, best_path, inference_path=None) -> None:
         """Writes the current weights as an inference-ready ``best_path`` (+ its probabilities view)."""
@@ -198,7 +223,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         value = row.get(self.monitor)
         improved = value is not None and math.isfinite(value) and (self.best is None or value > self.best)
         self.run.commit_epoch(epoch, row, self.model, save_best=self.save_models if improved else None,
-                              checkpoint_dir=self.checkpoint_dir, publish=self.publish)
+                              checkpoint_dir=self.checkpoint_dir, publish=self.publish,
+                              callback_state=self.callback_state())
         if improved:
             self.best, self.best_epoch = float(value), epoch
 

@@ -243,7 +243,7 @@ def _train_in(run: Run, config, info, policy, extra_callbacks, *, checkpoint_dir
     best_so_far = best_row(resumed.rows)
     callbacks, nan_guard, checkpoint, early = build_callbacks(
         config, info, run, checkpoint_dir, val_ds, class_names, model_factory, schedule_callbacks,
-        None if best_so_far is None else best_so_far["val_mean_auroc"], epoch_lines)
+        None if best_so_far is None else best_so_far["val_mean_auroc"], epoch_lines, resumed.callbacks)
     start = time.perf_counter()
     if resumed.stop_reason is None and resumed.epoch < tc.epochs:
         model.fit(train_ds, epochs=tc.epochs, steps_per_epoch=steps_per_epoch,
@@ -341,7 +341,7 @@ def _split_line(config, splits: dict) -> str:
 
 
 def build_callbacks(config, info, run: Run, checkpoint_dir, val_ds, class_names, model_factory,
-                    schedule_callbacks, initial_best, epoch_lines: bool):
+                    schedule_callbacks, initial_best, epoch_lines: bool, restored_state=None):
     """The run's callbacks, ordered so that each one sees the logs the earlier ones added.
 
     Returns ``(callbacks, nan_guard, run_checkpoint, early_stopping_or_None)``.
@@ -362,7 +362,8 @@ def build_callbacks(config, info, run: Run, checkpoint_dir, val_ds, class_names,
     callbacks.append(EpochLogger(tc.epochs, print_lines=epoch_lines))
     # Last: the epoch's row holds every value the callbacks above added.
     checkpoint = RunCheckpoint(run, model_factory, initial_best=initial_best, checkpoint_dir=checkpoint_dir,
-                               publish=info.is_chief)
+                               publish=info.is_chief, stateful=[*schedule_callbacks, *([early] if early else [])],
+                               restored_state=restored_state)
     callbacks.append(checkpoint)
     if tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(str(run.tensorboard), write_graph=False, profile_batch=0))
