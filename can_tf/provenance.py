@@ -11,7 +11,7 @@ Example:
     >>> p["data"]["phantom"], p["model"]["image_size"]
     (True, 64)
     >>> phantom_warning(p)
-    '**Trained on the built-in phantom data (synthetic images): not a diagnostic model.**'
+    "**Trained on can-tf's phantom data (synthetic images, not radiographs): not a diagnostic model.**"
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ FORMAT_VERSION = 1
 PHANTOM_DESCRIPTION = "built-in phantom data (synthetic images)"
 # The first line of the README that `can_tf.data.phantom.write_phantom` puts in every phantom folder.
 PHANTOM_README_TITLE = "# can-tf phantom data set"
-PHANTOM_WARNING = "**Trained on the built-in phantom data (synthetic images): not a diagnostic model.**"
+PHANTOM_WARNING = ("**Trained on can-tf's phantom data (synthetic images, not radiographs): "
+                   "not a diagnostic model.**")
 
 
 def software_versions() -> dict:

@@ -159,7 +159,8 @@ def test_a_phantom_trained_model_says_so_in_its_report(run_dir):
                                        "--out", str(run_dir / "eval" / "phantom-check")])
     assert result.exit_code == 0, result.output
     report = (run_dir / "eval" / "phantom-check" / "report.md").read_text()
-    assert "**Trained on the built-in phantom data (synthetic images): not a diagnostic model.**" in report
+    assert ("**Trained on can-tf's phantom data (synthetic images, not radiographs): not a diagnostic model.**"
+            in report)
     assert "Model provenance:" in report and "- data: phantom data at" in report
     provenance = json.loads((run_dir / "eval" / "phantom-check" / "report.json").read_text())["provenance"]
     assert provenance["data"]["phantom"] is True and provenance["preset"] == "small"

@@ -244,7 +244,9 @@ def test_cli_predict_csv_with_image_root_and_the_phantom_warning(run_dir, chestx
     assert result.exit_code == 0, result.output
     assert "2 of 2 image(s) predicted" in result.output
     # a model trained on phantom images, used on real radiographs, says what it is, first and last
-    warning = "**Trained on the built-in phantom data (synthetic images): not a diagnostic model.**"
+    from can_tf.provenance import PHANTOM_WARNING as warning
+
+    assert warning.startswith("**Trained on can-tf's phantom data") and warning.endswith("not a diagnostic model.**")
     lines = result.output.strip().splitlines()
     assert lines[0] == warning and lines[-1] == warning
     # without the root, the same names resolve beside the CSV, where they are not
