@@ -70,13 +70,16 @@ def is_disk_full(error: BaseException) -> bool:
     left on device"), and h5py and zipfile wrap the ``OSError`` in errors of their own. Running out
     of memory (also a ``ResourceExhaustedError``) is not a full disk.
     """
+    return any(getattr(e, "errno", None) == errno.ENOSPC or _NO_SPACE in str(e) for e in error_chain(error))
+
+
+def error_chain(error: Optional[BaseException]):
+    """``error``, then the errors it was raised from (``__cause__``, else ``__context__``), once each."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if getattr(error, "errno", None) == errno.ENOSPC or _NO_SPACE in str(error):
-            return True
+        yield error
         error = error.__cause__ or error.__context__
-    return False
 
 
 def no_space_message(path: PathLike, outcome: str) -> str:

@@ -406,7 +406,7 @@ class Run:
             try:
                 model.load_weights(str(weights))
             except Exception as e:  # h5py raises OSError, KeyError, ValueError... on a bad file
-                files.set_aside(
+                set_aside(
                     weights, f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:160]})")
                 state = None
                 print("Restarting from epoch 0", file=sys.stderr, flush=True)
@@ -538,11 +538,11 @@ class _CheckpointFiles:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as e:
-            self.set_aside(self.state_file, f"unreadable ({e})")
+            set_aside(self.state_file, f"unreadable ({e})")
             return None
         if (not isinstance(state, dict) or state.get("format_version") != STATE_VERSION
                 or not isinstance(state.get("history"), list) or "weights" not in state):
-            self.set_aside(self.state_file, "not a checkpoint state this version of can-tf writes")
+            set_aside(self.state_file, "not a checkpoint state this version of can-tf writes")
             return None
         return state
 
@@ -550,12 +550,10 @@ class _CheckpointFiles:
         """True when files other than set-aside ones are in the folder."""
         return self.folder.is_dir() and any(p.is_file() and ".corrupt" not in p.name for p in self.folder.iterdir())
 
-    set_aside = staticmethod(lambda path, why: set_aside(path, why))
-
     def set_aside_all(self, why: str) -> None:
         for path in sorted(self.folder.iterdir()):
             if path.is_file() and ".corrupt" not in path.name:
-                self.set_aside(path, why)
+                set_aside(path, why)
 
     def require_space(self, model, target: Path) -> None:
         """Raises `OSError(ENOSPC)` before writing when the folder cannot take another checkpoint.

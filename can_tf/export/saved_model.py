@@ -33,7 +33,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from pathlib import Path

@@ -35,7 +35,7 @@ from typing import Optional
 
 import numpy as np
 
-from can_tf.files import is_disk_full, no_space_message, write_json
+from can_tf.files import error_chain, is_disk_full, no_space_message, write_json
 from can_tf.run import Run, RunError, best_row, default_run_dir
 
 
@@ -165,7 +165,7 @@ def _train_in(run: Run, config, info, policy, extra_callbacks, *, checkpoint_dir
     """prepare -> data -> model -> fit -> finalise, in an opened run directory."""
     import keras
 
-    from can_tf.provenance import build_provenance, split_counts
+    from can_tf.provenance import build_provenance
 
     tc = config.train
     chief_root = chief_root or run.root
@@ -314,7 +314,7 @@ def _train_in(run: Run, config, info, policy, extra_callbacks, *, checkpoint_dir
 
 def _disk_full_message(run: Run, error: BaseException) -> str:
     """The one line for a full disk during ``fit``: the file, the space left, what the run kept."""
-    path = next((e.filename for e in _chain(error) if getattr(e, "filename", None)), run.root)
+    path = next((e.filename for e in error_chain(error) if getattr(e, "filename", None)), run.root)
     epochs = len(run.committed_history()) if run.root.is_dir() else 0
     if epochs:
         outcome = (f"the run keeps its {epochs} finished epoch(s) in {run.root} and the same command "
@@ -322,14 +322,6 @@ def _disk_full_message(run: Run, error: BaseException) -> str:
     else:
         outcome = "no epoch had finished, so nothing of this run was kept"
     return no_space_message(path, outcome)
-
-
-def _chain(error: BaseException):
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        yield error
-        error = error.__cause__ or error.__context__
 
 
 def _split_line(config, splits: dict) -> str:
