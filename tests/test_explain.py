@@ -234,6 +234,30 @@ def test_cli_explain_writes_named_overlays_and_localisation_table(run_dir, phant
     assert result.exit_code == 1 and "Cardiomegal" in result.output and "Cardiomegaly" in result.output
 
 
+def test_cli_explain_reads_a_csv_relative_to_image_root_and_warns_about_phantom_models(run_dir, phantom_dir,
+                                                                                          tmp_path):
+    from click.testing import CliRunner
+
+    from can_tf.provenance import PHANTOM_WARNING
+    from can_tf_cli.main import main
+
+    names = sorted(p.name for p in (phantom_dir / "images").glob("*.png"))[:2]
+    listed = tmp_path / "lists" / "cases.csv"
+    listed.parent.mkdir()
+    listed.write_text("file\n" + "".join(f"{n}\n" for n in names))
+    out = tmp_path / "maps"
+    result = CliRunner().invoke(main, ["explain", str(run_dir), str(listed), "--class", "Effusion",
+                                       "--path-column", "file", "--image-root", str(phantom_dir / "images"),
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{n[:-4]}_Effusion_gradcam.png" for n in names]
+    assert result.output.splitlines()[0] == PHANTOM_WARNING
+    # without the root the names resolve beside the CSV, where there are none
+    missing = CliRunner().invoke(main, ["explain", str(run_dir), str(listed), "--class", "Effusion",
+                                        "--path-column", "file", "--out", str(tmp_path / "none")])
+    assert missing.exit_code == 1 and "0 overlay(s) written" in missing.output
+
+
 def test_nih_boxes_are_scaled_from_the_original_image_size(run_dir, chestxray14_dir, tmp_path):
     """NIH boxes are in 1024 px space; the sample images are 512 px; the heat map is 64 px."""
     from can_tf.explanation.explain import explain_files
