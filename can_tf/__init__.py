@@ -18,6 +18,12 @@ Example:
 # Kept a plain literal on its own line: setup.cfg (``attr:``) and the CLI read it without importing.
 __version__ = "0.1.0"
 
+# Before anything below loads TensorFlow: keeps its C++/absl log lines off stderr unless
+# CAN_TF_VERBOSE=1 (see can_tf.logs).
+from can_tf.logs import quiet_native_logs as _quiet_native_logs  # noqa: E402
+
+_quiet_native_logs()
+
 from can_tf.labels import CLASS_NAMES  # noqa: E402
 from can_tf.losses import BCELoss, BalanceLoss, CANLoss, FocalLoss, WeightedBCELoss  # noqa: E402
 from can_tf.models import BaselineModel, CANModel, CrossAttention, build_model, inference_model  # noqa: E402

@@ -55,11 +55,7 @@ _STAGING_FOLDER = re.compile(re.escape(STAGING_PREFIX) + r"[^-]+-(?P<pid>\d+)-[a
 _NO_SPACE = os.strerror(errno.ENOSPC)
 
 
-class DiskFullError(OSError):
-    """No space was left on the device while writing ``filename`` (``errno`` is ``ENOSPC``)."""
-
-    def __init__(self, path: PathLike):
-        super().__init__(errno.ENOSPC, _NO_SPACE, str(path))
+from can_tf.errors import DiskFullError  # noqa: E402  (defined there, re-exported)
 
 
 def is_disk_full(error: BaseException) -> bool:

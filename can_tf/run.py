@@ -68,12 +68,7 @@ EXTENDABLE_FIELDS = ("train.epochs", "train.early_stopping_patience")
 STATE_VERSION = 1
 
 
-class RunError(RuntimeError):
-    """A run directory cannot be used as asked; the message names the folder or file and says why."""
-
-
-class RunInUseError(RunError):
-    """Another process holds the run directory's lock."""
+from can_tf.errors import RunError, RunInUseError  # noqa: E402,F401  (defined there, re-exported)
 
 
 # ---- reading files of a run ---------------------------------------------------------------------

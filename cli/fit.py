@@ -60,17 +60,17 @@ def fit(preset, config_file, data, run_dir, epochs, batch_size, overrides, exten
         raise click.UsageError(str(e)) from None
 
     from can_tf.data.errors import DataError
-    from can_tf.run import RunError
     from can_tf.training import train
+    from can_tf.training.strategy import describe_devices
 
+    click.echo(f"device: {describe_devices()}")
     try:
         result = train(config, extend=extend)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
     except DataError as e:
         raise click.ClickException(f"data error: {e}") from None
-    except RunError as e:
-        raise click.ClickException(str(e)) from None
+    # Other can_tf errors (a run directory in use, ...) become one `Error:` line in can_tf_cli.main.
 
     if not result.is_chief:
         return

@@ -3,11 +3,18 @@
 Nothing here imports the ``can_tf`` package (``import can_tf`` loads TensorFlow to register the
 custom Keras classes), so ``can-tf --help`` and ``can-tf --version`` answer at once.
 
-An error no subcommand anticipated reaches the user as one line, not a traceback::
+Errors reach the user as one line, not a traceback. A ``can_tf.errors.CanTfError`` (something the
+user can fix) is its message, exit code 1; click's usage errors keep exit code 2; a full disk is
+one line naming the file; anything else is a bug, reported with the traceback saved to a file::
 
+    Error: train.epochs must be at least 1, got 0
     Error: no space left on device writing runs/small-1a2b3c4d/best.keras
-    Error: ValueError: <message>
-    Rerun with CAN_TF_DEBUG=1 to see the traceback.
+    Error: internal error: KeyError: 'fused'
+    The full traceback is in ~/.cache/can-tf/errors/20250101-120000-4242.txt; please report it.
+
+``can-tf --debug ...`` (or ``CAN_TF_DEBUG=1``) shows the traceback instead. ``can-tf -v ...`` (or
+``CAN_TF_VERBOSE=1``) lets TensorFlow's own log lines through; by default can_tf silences them
+(see ``can_tf.logs``).
 """
 
 from __future__ import annotations
@@ -19,11 +26,15 @@ import importlib.metadata
 import importlib.util
 import os
 import sys
+import tempfile
+import time
+import traceback
 from pathlib import Path
 
 import click
 
 DEBUG_ENV = "CAN_TF_DEBUG"
+VERBOSE_ENV = "CAN_TF_VERBOSE"  # the same name as can_tf.logs.VERBOSE_ENV (not imported: see above)
 MAX_MESSAGE_CHARS = 500  # TensorFlow's errors can run to pages; the traceback mode shows all of it
 
 # command name -> (module below can_tf_cli, attribute, one-line help shown by `can-tf --help`)
@@ -67,23 +78,82 @@ def package_version() -> str:
         return "unknown"
 
 
-def describe_failure(error: BaseException) -> str:
-    """The one-line message (plus, for an unexpected error, a hint line) shown instead of a traceback.
+def is_user_error(error: BaseException) -> bool:
+    """True for a ``can_tf.errors.CanTfError``: an error the user can fix, shown as its message.
+
+    Checked without importing can_tf (that loads TensorFlow): a CanTfError can only exist once
+    ``can_tf.errors`` is loaded.
+    """
+    errors = sys.modules.get("can_tf.errors")
+    return errors is not None and isinstance(error, errors.CanTfError)
+
+
+def describe_failure(error: BaseException, save_traceback=None) -> str:
+    """The message shown instead of a traceback (after ``Error: ``).
+
+    A ``CanTfError`` is its own message on one line; a full disk is ``no space left on device
+    writing X``; anything else is an internal error: its type and message, then a line saying where
+    ``save_traceback(error)`` (default `save_traceback`) wrote the traceback.
 
     Example:
         >>> describe_failure(OSError(errno.ENOSPC, "No space left on device", "runs/x/best.keras"))
         'no space left on device writing runs/x/best.keras'
-        >>> describe_failure(ValueError("bad\\nvalue")).splitlines()[0]
-        'ValueError: bad value'
+        >>> describe_failure(ValueError("bad\\nvalue"), lambda e: "/tmp/tb.txt")
+        'internal error: ValueError: bad value\\nThe full traceback is in /tmp/tb.txt; please report it.'
     """
+    disk_full_error = type(error).__name__ == "DiskFullError"  # its own text is errno's; say it our way
+    if is_user_error(error) and not disk_full_error:
+        return _one_line(error)
     full = _no_space_left(error)
     if full is not None:
         return "no space left on device" + (f" writing {full}" if full else "")
+    message = _one_line(error)
+    head = f"internal error: {type(error).__name__}: {message}" if message else \
+        f"internal error: {type(error).__name__}"
+    try:
+        path = (save_traceback or globals()["save_traceback"])(error)
+    except Exception as e:  # noqa: BLE001 - the report must come out whatever went wrong here
+        where = f"The traceback could not be saved ({type(e).__name__}: {_one_line(e)}); rerun with " \
+                f"--debug to see it, and please report it."
+    else:
+        where = f"The full traceback is in {path}; please report it."
+    return f"{head}\n{where}"
+
+
+def _one_line(error: BaseException) -> str:
     message = " ".join(str(error).split())
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[:MAX_MESSAGE_CHARS] + " ..."
-    head = f"{type(error).__name__}: {message}" if message else type(error).__name__
-    return f"{head}\nRerun with {DEBUG_ENV}=1 to see the traceback."
+    return message
+
+
+def traceback_dirs() -> list:
+    """Where `save_traceback` tries to write, in order: the user's cache, then the temp folder."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return [Path(cache) / "can-tf" / "errors", Path(tempfile.gettempdir())]
+
+
+def save_traceback(error: BaseException) -> Path:
+    """Writes ``error``'s traceback (and the command line) to a new file; returns its path.
+
+    The file is ``<timestamp>-<pid>.txt`` in the first of `traceback_dirs` that can take it
+    (``can-tf-error-<timestamp>-<pid>.txt`` in the temp folder); the last failure is raised.
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    text = (f"can-tf {package_version()}: {' '.join(sys.argv)}\n"
+            f"Python {sys.version.split()[0]} on {sys.platform}\n\n"
+            + "".join(traceback.format_exception(type(error), error, error.__traceback__)))
+    failure = None
+    for folder in traceback_dirs():
+        name = f"{stamp}-{os.getpid()}.txt" if folder.name == "errors" else f"can-tf-error-{stamp}-{os.getpid()}.txt"
+        path = folder / name
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            return path
+        except OSError as e:
+            failure = e
+    raise failure
 
 
 def _no_space_left(error: BaseException):
@@ -108,7 +178,8 @@ class LazyGroup(click.Group):
     """A click group that imports a subcommand's module only when that subcommand is used.
 
     It also turns any exception a subcommand did not handle into ``Error: ...`` and exit status 1
-    (``CAN_TF_DEBUG=1`` lets the traceback through); click's own exceptions behave as usual.
+    (see `describe_failure`; ``--debug`` or ``CAN_TF_DEBUG=1`` lets the traceback through); click's
+    own exceptions behave as usual.
     """
 
     def list_commands(self, ctx):
@@ -117,8 +188,10 @@ class LazyGroup(click.Group):
     def get_command(self, ctx, name):
         if name not in COMMANDS:
             return None
-        # Set before the module loads: importing can_tf starts TensorFlow, which logs at import.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # Before the module loads: importing can_tf starts TensorFlow, and can_tf/__init__.py quiets
+        # its log lines first (can_tf.logs) unless CAN_TF_VERBOSE says otherwise.
+        if ctx is not None and ctx.params.get("verbose"):
+            os.environ[VERBOSE_ENV] = "1"
         module_name, attr, _ = COMMANDS[name]
         module = importlib.import_module(f"{__package__}.{module_name}")
         return getattr(module, attr)
@@ -129,20 +202,24 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
     def invoke(self, ctx):
+        debug = ctx.params.get("debug") or os.environ.get(DEBUG_ENV, "") not in ("", "0")
         try:
             return super().invoke(ctx)
         except _CLICK_FLOW:
             raise
         except Exception as error:
             broken_pipe = isinstance(error, OSError) and error.errno == errno.EPIPE  # click handles it
-            if broken_pipe or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            if broken_pipe or debug:
                 raise
             raise click.ClickException(describe_failure(error)) from error
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_version(), "--version", "-V", prog_name="can-tf")
-def main():
+@click.option("--debug", is_flag=True, help=f"Show the traceback of an error (also {DEBUG_ENV}=1).")
+@click.option("-v", "--verbose", is_flag=True,
+              help=f"Let TensorFlow's own log lines through (also {VERBOSE_ENV}=1).")
+def main(debug, verbose):
     """can-tf: Cross-Attention Networks for multi-label chest X-ray classification.
 
     \b

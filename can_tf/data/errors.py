@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import Iterable
 
 
-class DataError(ValueError):
-    """Input data is invalid; the message names the file, row or column at fault."""
+from can_tf.errors import DataError, ImageError  # noqa: F401  (defined in can_tf.errors, re-exported)
 
 
 def preview(items: Iterable, limit: int = 5) -> str:

@@ -28,8 +28,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 
-class EvaluationError(ValueError):
-    """Evaluation input is invalid; the message names the class (column), row or file at fault."""
+from can_tf.errors import EvaluationError  # noqa: E402  (defined there, re-exported)
 
 
 def check_predictions(y_true, y_prob, class_names: Sequence[str]):

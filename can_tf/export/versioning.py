@@ -44,8 +44,7 @@ except ImportError:  # Windows: publishing relies on the rename check alone
 PathLike = Union[str, os.PathLike]
 
 
-class ExportError(RuntimeError):
-    """An export could not be written or did not pass verification; the message says why."""
+from can_tf.errors import ExportError  # noqa: E402  (defined there, re-exported)
 
 
 def existing_versions(model_dir: PathLike) -> list[int]:

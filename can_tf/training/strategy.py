@@ -113,6 +113,34 @@ def make_strategy(train_config) -> StrategyInfo:
     return StrategyInfo(tf.distribute.get_strategy(), "default", 1)
 
 
+def describe_devices() -> str:
+    """What this process trains on, in one phrase: ``CPU (no GPU found)`` or ``1 GPU (NVIDIA H100)``.
+
+    `fit` prints it as ``device: ...`` in place of TensorFlow's own (silenced) device log lines. It
+    lists physical devices only, which does not initialise TensorFlow's runtime, so it may run
+    before `make_strategy`.
+
+    Example:
+        >>> describe_devices()  # doctest: +SKIP
+        '2 GPUs (NVIDIA A100-SXM4-80GB)'
+    """
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        hidden = os.environ.get("CUDA_VISIBLE_DEVICES") is not None and not os.environ["CUDA_VISIBLE_DEVICES"].strip()
+        return "CPU (no GPU found" + (": CUDA_VISIBLE_DEVICES is empty)" if hidden else ")")
+    names = []
+    for gpu in gpus:
+        try:
+            name = tf.config.experimental.get_device_details(gpu).get("device_name") or gpu.name
+        except Exception:  # noqa: BLE001 - details are optional; the count is what matters
+            name = gpu.name
+        if name not in names:
+            names.append(name)
+    return f"{len(gpus)} GPU{'s' if len(gpus) > 1 else ''} ({', '.join(names)})"
+
+
 def cpu_supports_bfloat16() -> bool:
     """True on CPUs with native bfloat16 arithmetic (AVX512-BF16 or AMX), read from /proc/cpuinfo."""
     try:
