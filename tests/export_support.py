@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import functools
 import io
+import os
 import shutil
 import struct
 import tempfile
@@ -136,3 +137,32 @@ def jpeg_bytes(path: Path) -> bytes:
     buffer = io.BytesIO()
     Image.open(path).convert("L").save(buffer, "JPEG", quality=95)
     return buffer.getvalue()
+
+
+# Runs a script as __main__ with the named top-level modules unimportable (as on a device or beside
+# TF Serving without them), and checks none of them got loaded; the exit code passes through.
+_BLOCKED_RUN = "\n".join([
+    "import runpy, sys",
+    "BLOCKED = sys.argv[1].split(',')",
+    "class Block:",
+    "    def find_spec(self, name, path=None, target=None):",
+    "        if name.split('.')[0] in BLOCKED:",
+    "            raise ImportError('blocked by the test: ' + name)",
+    "sys.meta_path.insert(0, Block())",
+    "sys.argv = sys.argv[2:]",
+    "try:",
+    "    runpy.run_path(sys.argv[0], run_name='__main__')",
+    "finally:",
+    "    assert not [m for m in sys.modules if m.split('.')[0] in BLOCKED]",
+])
+NO_TENSORFLOW = ("tensorflow", "keras", "can_tf")
+
+
+def run_without(script, args, blocked=NO_TENSORFLOW, cwd=None, timeout: float = 300):
+    """``subprocess.run`` of ``python script args...`` with ``blocked`` modules unimportable."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", _BLOCKED_RUN, ",".join(blocked), str(script),
+                           *[str(a) for a in args]], capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env=dict(os.environ, PYTHONPATH=""))
