@@ -72,9 +72,31 @@ def test_strict_turns_warnings_into_failure(runner, tmp_path):
 
     out = write_phantom(tmp_path / "nih", num_patients=10, image_size=32)
     os.remove(out / "images" / sorted(os.listdir(out / "images"))[0])
-    assert runner.invoke(main, ["data", "check", str(out)]).exit_code == 0
+    lenient = runner.invoke(main, ["data", "check", str(out)])
+    assert lenient.exit_code == 0 and lenient.output.splitlines()[-1] == "result: OK, 1 warning(s)"
     result = runner.invoke(main, ["data", "check", str(out), "--strict"])
     assert result.exit_code == 1 and "WARNING: 1 of" in result.output
+    # the verdict agrees with the exit code
+    assert result.output.splitlines()[-1] == "result: FAILED (--strict): 1 warning(s)"
+    assert "result: OK" not in result.output
+
+
+def test_strict_json_agrees_with_the_exit_code(runner, tmp_path):
+    from can_tf.data.phantom import write_phantom
+
+    out = write_phantom(tmp_path / "nih", num_patients=10, image_size=32)
+    clean = runner.invoke(main, ["data", "check", str(out), "--strict", "--json"])
+    assert clean.exit_code == 0 and json.loads(clean.output)["ok"] is True
+    os.remove(out / "images" / sorted(os.listdir(out / "images"))[0])
+    result = runner.invoke(main, ["data", "check", str(out), "--strict", "--json"])
+    report = json.loads(result.output)
+    assert result.exit_code == 1
+    assert report["ok"] is False and report["strict"] is True and report["problems"] == []
+    assert report["result"] == "result: FAILED (--strict): 1 warning(s)" and len(report["warnings"]) == 1
+    result = runner.invoke(main, ["data", "check", str(out), "--json"])
+    report = json.loads(result.output)
+    assert result.exit_code == 0 and report["ok"] is True and report["strict"] is False
+    assert report["result"] == "result: OK, 1 warning(s)"
 
 
 def test_check_real_sample(runner, chestxray14_dir):

@@ -105,3 +105,83 @@ def test_unreadable_source_is_reported_not_raised(tmp_path):
     assert report.format == "csv" and not report.ok
     assert "labels.csv has a header but no rows" in report.error
     assert report.error in report.summary()
+
+
+# ---- --strict: the verdict line agrees with ok (and the exit code) -------------------------------
+def test_strict_turns_warnings_into_a_failed_verdict(small_nih):
+    name = sorted(os.listdir(small_nih / "images"))[0]
+    (small_nih / "images" / name).unlink()
+    lenient = check_dataset(small_nih)
+    assert lenient.ok and lenient.summary().splitlines()[-1] == "result: OK, 1 warning(s)"
+    strict = check_dataset(small_nih, strict=True)
+    assert not strict.ok and strict.problems == [] and len(strict.warnings) == 1
+    assert strict.summary().splitlines()[-1] == "result: FAILED (--strict): 1 warning(s)"
+    as_dict = strict.to_dict()
+    assert as_dict["ok"] is False and as_dict["strict"] is True
+    assert as_dict["result"] == "result: FAILED (--strict): 1 warning(s)"
+    assert lenient.to_dict()["ok"] is True and lenient.to_dict()["result"] == "result: OK, 1 warning(s)"
+
+
+def test_strict_without_warnings_stays_ok(small_nih):
+    report = check_dataset(small_nih, strict=True)
+    assert report.ok and report.summary().splitlines()[-1] == "result: OK, 0 warning(s)"
+
+
+def test_problems_make_the_verdict_failed(small_nih):
+    path = small_nih / "images" / sorted(os.listdir(small_nih / "images"))[1]
+    path.write_bytes(path.read_bytes()[:60])
+    assert check_dataset(small_nih).summary().splitlines()[-1] == "result: FAILED: 1 problem(s), 0 warning(s)"
+
+
+# ---- class names a user gives are matched by can_tf.labels.match_class_names ---------------------
+def test_match_class_names_canonical_spelling_and_suggestion():
+    from can_tf.data.errors import DataError
+    from can_tf.labels import match_class_names
+
+    assert match_class_names("cardiomegaly", CLASS_NAMES) == ["Cardiomegaly"]
+    assert match_class_names(["pleural thickening", "mass"], CLASS_NAMES) == \
+        ["Pleural_Thickening", "Mass"]
+    assert match_class_names(["Hernia", "Edema"], CLASS_NAMES) == ["Hernia", "Edema"]  # order kept
+    with pytest.raises(DataError) as info:
+        match_class_names("cardiomegalyy", CLASS_NAMES)
+    assert str(info.value) == ("unknown class 'cardiomegalyy' for --class; did you mean 'Cardiomegaly'? "
+                               f"(classes: {', '.join(CLASS_NAMES)})")
+    with pytest.raises(DataError) as info:
+        match_class_names(["xyzzy"], ["A", "B"], what="data.class_names")
+    assert str(info.value) == "unknown class 'xyzzy' for data.class_names (classes: A, B)"
+    with pytest.raises(DataError, match=r"^data.class_names names class 'Mass' twice \('Mass' and 'mass'\)$"):
+        match_class_names(["Mass", "mass"], CLASS_NAMES, what="data.class_names")
+
+
+def test_class_names_are_matched_to_the_label_file(small_nih):
+    report = check_dataset(small_nih, class_names=["cardiomegaly", "pleural thickening"])
+    assert report.ok and list(report.class_counts) == ["Cardiomegaly", "Pleural_Thickening"]
+    assert report.class_counts == {k: v for k, v in check_dataset(small_nih).class_counts.items()
+                                   if k in ("Cardiomegaly", "Pleural_Thickening")}
+    report = check_dataset(small_nih, class_names=["cardiomegalyy"])
+    assert not report.ok
+    label_file = small_nih / "Data_Entry_2017.csv"
+    assert report.error == (f"unknown class 'cardiomegalyy' for data.class_names in {label_file}; "
+                            f"did you mean 'Cardiomegaly'? (classes: {', '.join(CLASS_NAMES)})")
+
+
+def test_class_names_are_matched_to_csv_columns(tmp_path):
+    from PIL import Image
+
+    Image.new("L", (16, 16)).save(tmp_path / "a.png")
+    (tmp_path / "labels.csv").write_text("path,Pleural_Thickening,Mass\na.png,1,0\n")
+    report = check_dataset(tmp_path / "labels.csv", class_names=["pleural thickening"])
+    assert report.ok, report.problems
+    assert report.class_counts == {"Pleural_Thickening": 1}
+    report = check_dataset(tmp_path / "labels.csv", class_names=["Mas"])
+    assert report.error == (f"unknown class 'Mas' for data.class_names (label columns of CSV "
+                            f"{tmp_path / 'labels.csv'}); did you mean 'Mass'? (classes: Pleural_Thickening, Mass)")
+
+
+def test_load_table_returns_the_data_sets_spelling(small_nih):
+    from can_tf.config import DataConfig
+    from can_tf.data.table import load_table
+
+    df, class_names = load_table(DataConfig(source=str(small_nih), class_names=["cardiomegaly", "MASS"]))
+    assert class_names == ["Cardiomegaly", "Mass"]
+    assert df[class_names].to_numpy().sum() > 0

@@ -281,10 +281,10 @@ def test_nih_boxes_are_scaled_from_the_original_image_size(run_dir, chestxray14_
 
 def test_explain_needs_a_keras_model(tmp_path):
     from can_tf.explanation.explain import explain_files
-    from can_tf.predictor import ModelFormatError, Predictor
+    from can_tf.predictor import ModelFileError, Predictor
 
     predictor = Predictor(lambda x: x, image_size=8, class_names=["A"], format="tflite", path="m.tflite")
-    with pytest.raises(ModelFormatError, match="m.tflite.*run directory or a .keras file"):
+    with pytest.raises(ModelFileError, match="m.tflite.*run directory or a .keras file"):
         explain_files(predictor, [], "A", out_dir=tmp_path)
 
 
@@ -310,3 +310,114 @@ def test_trained_phantom_model_looks_inside_the_planted_box(tmp_path):
         # Measured: Cardiomegaly 14/14 hits vs 7 % chance, Effusion 20/24 vs 7 % (8 epochs, 240 patients).
         assert row["hit_rate"] > 4 * row["chance"], (finding, row.to_dict())
         assert row["hit_rate"] > 0.5, (finding, row.to_dict())
+
+
+# ---- box coverage: which inputs have a box of the class, and what explain says about it ----------
+NIH_BOXES_THERE = ("boxes there: Atelectasis 180, Cardiomegaly 146, Effusion 153, Infiltration 123, Mass 85, "
+                   "Nodule 79, Pneumonia 120, Pneumothorax 98")
+
+
+def test_box_coverage_counts_boxed_inputs_in_the_real_nih_file(chestxray14_dir):
+    from can_tf.explanation.localization import BoxCoverage
+
+    boxes = read_boxes(chestxray14_dir / "BBox_List_2017.csv.gz")
+    boxed = boxes.loc[boxes["finding"] == "Cardiomegaly", "image_index"].iloc[0]
+    coverage = BoxCoverage.count(boxes, [boxed, "00000075_000.png", "00000100_000.png"], ["Cardiomegaly"],
+                                 chestxray14_dir / "BBox_List_2017.csv.gz")
+    assert coverage.boxed == {"Cardiomegaly": 1} and coverage.unboxed == []
+    assert coverage.summary() == ("box file BBox_List_2017.csv.gz: 1 of 3 images have a box of Cardiomegaly "
+                                  f"({NIH_BOXES_THERE})")
+    assert coverage.no_scores() is None
+    none = BoxCoverage.count(boxes, ["00000075_000.png"], ["Hernia"], "b.csv")
+    assert none.unboxed == ["Hernia"]
+    assert none.no_scores() == "no localisation scores: none of the images has a box of Hernia"
+    assert none.nothing_written() == f"nothing written: the image has no box of Hernia in b.csv ({NIH_BOXES_THERE})"
+
+
+def _explain(*args):
+    from click.testing import CliRunner
+
+    from can_tf_cli.main import main
+
+    return CliRunner().invoke(main, ["explain", *map(str, args)])
+
+
+def test_cli_explain_says_no_input_has_a_box_instead_of_a_nan_table(run_dir, chestxray14_dir, tmp_path):
+    """None of the real sample's images has a box (NIH boxed only official test images)."""
+    images = sorted((chestxray14_dir / "images").glob("*.png"))[:3]
+    bbox = chestxray14_dir / "BBox_List_2017.csv.gz"
+    out = tmp_path / "maps"
+    result = _explain(run_dir, *images, "--class", "cardiomegaly", "--bbox", bbox, "--bbox-space", "1024",
+                      "--out", out)
+    assert result.exit_code == 0, result.output
+    assert ("box file BBox_List_2017.csv.gz: 0 of 3 images have a box of Cardiomegaly "
+            f"({NIH_BOXES_THERE})") in result.stderr.splitlines()
+    assert result.stdout.splitlines() == ["no localisation scores: none of the images has a box of Cardiomegaly"]
+    assert "nan" not in result.output.lower() and not (out / "localization.csv").exists()
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{p.stem}_Cardiomegaly_gradcam.png" for p in images]
+
+    nothing = tmp_path / "nothing"
+    result = _explain(run_dir, *images, "--class", "Cardiomegaly", "--bbox", bbox, "--only-boxed",
+                      "--out", nothing)
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1] == (
+        f"Error: nothing written: none of the 3 images has a box of Cardiomegaly in {bbox} ({NIH_BOXES_THERE})")
+    assert not nothing.exists()
+
+
+def test_cli_explain_scores_the_boxed_input_among_unboxed_ones(run_dir, chestxray14_dir, tmp_path):
+    """A real NIH radiograph saved under the name of a Cardiomegaly-boxed image (the boxed images
+    themselves are official test images, not in the sample) is scored; the other two are not."""
+    import shutil
+
+    import pandas as pd
+
+    bbox = chestxray14_dir / "BBox_List_2017.csv.gz"
+    boxes = read_boxes(bbox)
+    box = boxes[boxes["finding"] == "Cardiomegaly"].iloc[0]
+    real = sorted((chestxray14_dir / "images").glob("*.png"))
+    boxed = tmp_path / "boxed" / box["image_index"]
+    boxed.parent.mkdir()
+    shutil.copyfile(real[4], boxed)
+    inputs = [*real[:2], boxed]
+    out = tmp_path / "maps"
+    result = _explain(run_dir, *inputs, "--class", "CARDIOMEGALY", "--bbox", bbox, "--bbox-space", "1024",
+                      "--only-boxed", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert ("box file BBox_List_2017.csv.gz: 1 of 3 images have a box of Cardiomegaly "
+            f"({NIH_BOXES_THERE})") in result.stderr.splitlines()
+    assert [p.name for p in out.glob("*.png")] == [f"{boxed.stem}_Cardiomegaly_gradcam.png"]
+    assert "no localisation scores" not in result.output
+    assert result.stdout.splitlines()[0] == f"Localisation of Cardiomegaly (gradcam, fused) against {bbox}:"
+    table = pd.read_csv(out / "localization.csv").set_index("finding")
+    assert table.loc["Cardiomegaly", "boxes"] == 1
+    # 1024 px box -> 64 px heat map: its share of the image is about w * h / 1024^2
+    assert table.loc["Cardiomegaly", "chance"] == pytest.approx(box["w"] * box["h"] / 1024 ** 2, abs=0.02)
+    assert 0.0 <= table.loc["Cardiomegaly", "mean_iou"] <= 1.0
+
+
+def test_cli_explain_unknown_class_suggests_the_close_one(run_dir, phantom_dir):
+    from can_tf.labels import CLASS_NAMES
+
+    image = sorted((phantom_dir / "images").glob("*.png"))[0]
+    result = _explain(run_dir, image, "--class", "cardiomegalyy", "--out", "unused")
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1] == ("Error: unknown class 'cardiomegalyy' for --class; did you mean "
+                                              f"'Cardiomegaly'? (classes: {', '.join(CLASS_NAMES)})")
+
+
+def test_explain_files_matches_the_class_and_leaves_no_nan_table(run_dir, phantom_dir, tmp_path):
+    from can_tf.explanation.explain import explain_files
+
+    bbox = phantom_dir / "BBox_List_2017.csv"
+    boxes = read_boxes(bbox)
+    unboxed = sorted(p for p in (phantom_dir / "images").glob("*.png")
+                     if p.name not in set(boxes.loc[boxes["finding"] == "Mass", "image_index"]))[:2]
+    result = explain_files(run_dir, [str(p) for p in unboxed], "mass", out_dir=tmp_path / "maps", bbox_file=bbox)
+    assert result.class_name == "Mass" and len(result.overlays) == 2
+    assert result.localization is None and result.localization_path is None and result.records == []
+    assert result.localization_note == "no localisation scores: none of the images has a box of Mass"
+    assert result.box_summary.startswith("box file BBox_List_2017.csv: 0 of 2 images have a box of Mass (boxes there: ")
+    with pytest.raises(DataError, match=r"^nothing written: none of the 2 images has a box of Mass in "):
+        explain_files(run_dir, [str(p) for p in unboxed], "Mass", out_dir=tmp_path / "m2", bbox_file=bbox,
+                      only_with_boxes=True)

@@ -7,7 +7,8 @@ more than one of the given split lists.
 
 *Problems* make the data unusable as it is (``CheckReport.ok`` is False, the command exits 1);
 *warnings* (listed images not downloaded, the same file name in two folders, unusable ages) are
-reported but are normal for, e.g., a partial download of NIH's archives.
+reported but are normal for, e.g., a partial download of NIH's archives. With ``strict=True``
+(``--strict``) warnings fail the check too: ``ok`` is False and the verdict line says so.
 
 Example:
     >>> from can_tf.data.check import check_dataset
@@ -58,6 +59,7 @@ class CheckReport:
     unknown_listed: dict = field(default_factory=dict)  # list name -> images not in the label file
     unlisted_images: int = 0  # images found that are in none of the split lists
     error: str = ""  # why the data could not be read at all
+    strict: bool = False  # warnings fail the check too (``--strict``)
 
     @property
     def problems(self) -> list:
@@ -91,10 +93,29 @@ class CheckReport:
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        """No problem, and under ``strict`` no warning either: what the command's exit code says."""
+        return not self.problems and not (self.strict and self.warnings)
+
+    @property
+    def verdict(self) -> str:
+        """The last line of :meth:`summary`; it agrees with :attr:`ok` (and so the exit code).
+
+        Example:
+            >>> CheckReport("x", images_missing=1, rows=2, images_found=1).verdict
+            'result: OK, 1 warning(s)'
+            >>> CheckReport("x", images_missing=1, rows=2, images_found=1, strict=True).verdict
+            'result: FAILED (--strict): 1 warning(s)'
+        """
+        problems, warnings = len(self.problems), len(self.warnings)
+        if problems:
+            return f"result: FAILED: {problems} problem(s), {warnings} warning(s)"
+        if self.strict and warnings:
+            return f"result: FAILED (--strict): {warnings} warning(s)"
+        return f"result: OK, {warnings} warning(s)"
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "ok": self.ok, "problems": self.problems, "warnings": self.warnings}
+        return {**asdict(self), "ok": self.ok, "problems": self.problems, "warnings": self.warnings,
+                "result": self.verdict}
 
     def summary(self) -> str:
         """A short human-readable report, ending with the verdict."""
@@ -113,8 +134,7 @@ class CheckReport:
                          + f"; {len(self.leaking_patients):,} patient(s) in more than one list")
         for title, items in (("problem", self.problems), ("warning", self.warnings)):
             lines += [f"  {title.upper()}: {item}" for item in items]
-        verdict = "OK" if self.ok else f"{len(self.problems)} problem(s)"
-        lines.append(f"result: {verdict}, {len(self.warnings)} warning(s)")
+        lines.append(self.verdict)
         return "\n".join(lines)
 
 
@@ -122,7 +142,7 @@ def check_dataset(source: Optional[PathLike], split_lists: Optional[Union[PathLi
                   *, format: str = "auto", label_file: Optional[PathLike] = None,
                   image_root: Optional[PathLike] = None, class_names: Sequence[str] = CLASS_NAMES,
                   path_column: str = "path", patient_column: Optional[str] = None,
-                  verify_images: bool = True, decode: bool = False) -> CheckReport:
+                  verify_images: bool = True, decode: bool = False, strict: bool = False) -> CheckReport:
     """Scans a data set and returns a :class:`CheckReport`; it raises only for a bad argument.
 
     Args:
@@ -130,15 +150,16 @@ def check_dataset(source: Optional[PathLike], split_lists: Optional[Union[PathLi
         split_lists: split list files (one image name a line), or a folder whose ``*.txt`` files
             are the lists (NIH's data folder, or a run's ``splits/``). Default: NIH's
             ``train_val_list.txt`` and ``test_list.txt`` when they are beside the label file.
-        verify_images: open every image found (:func:`can_tf.data.images.scan_images`).
+        verify_images: open every image found (:func:`can_tf.images.scan_images`).
         decode: also decode the pixels (slower, catches corrupt-but-checksummed files).
+        strict: warnings fail the check too (``report.ok`` False, verdict ``FAILED (--strict)``).
 
     Example:
         >>> report = check_dataset("runs/demo/data.csv", "runs/demo/splits", patient_column="patient")
         >>> report.leaking_patients
         {}
     """
-    report = CheckReport(source=str(source))
+    report = CheckReport(source=str(source), strict=strict)
     try:
         report.format, root, label_path = resolve_source(None if source is None else str(source), format,
                                                          None if label_file is None else str(label_file))
@@ -147,6 +168,7 @@ def check_dataset(source: Optional[PathLike], split_lists: Optional[Union[PathLi
         report.error = str(e)
         return report
 
+    class_names = table.attrs.get("class_names", class_names)  # as the data set spells them
     found = (table["path"] != "").to_numpy()
     report.rows = len(table)
     report.images_found = int(found.sum())
@@ -158,7 +180,7 @@ def check_dataset(source: Optional[PathLike], split_lists: Optional[Union[PathLi
     report.class_counts = {name: int(np.nansum(present[name].to_numpy(dtype=np.float64)))
                            for name in class_names}
     if verify_images:
-        from can_tf.data.images import scan_images
+        from can_tf.images import scan_images
 
         bad = scan_images(present["path"].tolist(), decode=decode)
         names = dict(zip(present["path"], present["image_index"]))

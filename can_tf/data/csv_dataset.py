@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from can_tf.data.errors import DataError, preview
+from can_tf.labels import match_class_names
 from can_tf.data.table import (drop_missing_images, make_table, normalise_sex, normalise_view, parse_ages,
                                read_string_table)
 
@@ -53,6 +54,13 @@ def load_csv(csv_path: os.PathLike, class_names: Sequence[str], *, path_column: 
     csv_path = Path(csv_path)
     raw = _read(csv_path)
     where = str(csv_path)
+    given = [path_column] + ([patient_column] if patient_column else [])
+    if all(c in raw.columns for c in given):  # else the message below names every missing column
+        # data.class_names match label columns case- and separator-insensitively; an unknown one
+        # raises naming the closest column (can_tf.labels.match_class_names).
+        class_names = match_class_names(
+            class_names, [c for c in raw.columns if c not in (*given, "age", "view", "sex")],
+            what=f"data.class_names (label columns of CSV {where})")
     needed = [path_column, *class_names] + ([patient_column] if patient_column else [])
     missing = [c for c in needed if c not in raw.columns]
     if missing:
@@ -82,7 +90,8 @@ def load_csv(csv_path: os.PathLike, class_names: Sequence[str], *, path_column: 
     view = normalise_view(raw["view"]) if "view" in raw.columns else None
     sex = normalise_sex(raw["sex"]) if "sex" in raw.columns else None
     table = make_table(names, paths, patients, labels, class_names, view=view, age=age, sex=sex)
-    table.attrs = {"label_file": where, "image_root": str(base.resolve()), "data_root": str(csv_path.parent)}
+    table.attrs = {"label_file": where, "image_root": str(base.resolve()), "data_root": str(csv_path.parent),
+                   "class_names": list(class_names)}
     if keep_missing:
         table.attrs["missing_images"] = int((table["path"] == "").sum())
         return table

@@ -214,6 +214,8 @@ def load_table(data_config) -> tuple[pd.DataFrame, list]:
                               class_names=class_names)
     df.attrs["format"] = format
     df.attrs.setdefault("data_root", str(root if root is not None else Path(label_file).parent))
+    # the loaders match data.class_names to the data set's spelling (can_tf.labels.match_class_names)
+    class_names = list(df.attrs.get("class_names", class_names))
     return apply_filters(df, views=data_config.views, one_per_patient=data_config.one_per_patient), \
         class_names
 

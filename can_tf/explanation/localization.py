@@ -160,8 +160,9 @@ def localization_table(records: Iterable[LocalizationRecord]) -> pd.DataFrame:
     Example:
         >>> recs = [LocalizationRecord("a.png", "Mass", True, 0.5, 0.1),
         ...         LocalizationRecord("b.png", "Mass", False, 0.0, 0.1)]
-        >>> localization_table(recs).loc[0, ["finding", "hit_rate", "chance"]].tolist()
-        ['Mass', 0.5, 0.1]
+        >>> row = localization_table(recs).loc[0]
+        >>> row["finding"], float(row["hit_rate"]), float(row["chance"])
+        ('Mass', 0.5, 0.1)
     """
     frame = pd.DataFrame([dataclasses.asdict(r) for r in records],
                          columns=["image_index", "finding", "hit", "iou", "box_fraction"])
@@ -188,3 +189,70 @@ def boxes_for(boxes: pd.DataFrame, image_index: str, finding: Optional[str] = No
         selected = selected[selected["finding"] == finding]
     return [Box(r.x, r.y, r.w, r.h) for r in selected.itertuples(index=False)]
 
+
+
+@dataclasses.dataclass
+class BoxCoverage:
+    """How many of the images being explained have a box of each requested class in a box file.
+
+    Built by :meth:`count`; its methods write the lines ``can-tf explain`` prints, so that a
+    localisation table is shown only for classes some image has a box of.
+
+    Example:
+        >>> boxes = pd.DataFrame({"image_index": ["a.png", "b.png", "x.png"], "finding": ["Mass", "Mass", "Nodule"],
+        ...                       "x": 0.0, "y": 0.0, "w": 1.0, "h": 1.0})
+        >>> coverage = BoxCoverage.count(boxes, ["a.png", "c.png"], ["Nodule"], "BBox_List_2017.csv")
+        >>> coverage.summary()
+        'box file BBox_List_2017.csv: 0 of 2 images have a box of Nodule (boxes there: Mass 2, Nodule 1)'
+        >>> coverage.no_scores()
+        'no localisation scores: none of the images has a box of Nodule'
+        >>> coverage.nothing_written()
+        'nothing written: none of the 2 images has a box of Nodule in BBox_List_2017.csv (boxes there: Mass 2, Nodule 1)'
+    """
+
+    box_file: str
+    images: int  # images being explained
+    boxed: dict  # class -> how many of those images have at least one box of it
+    boxes_per_class: dict  # finding -> boxes of it in the whole file
+
+    @classmethod
+    def count(cls, boxes: pd.DataFrame, image_names: Sequence[str], classes: Sequence[str],
+              box_file) -> "BoxCoverage":
+        """Counts from :func:`read_boxes`' table, the images' file names and the classes explained."""
+        from can_tf.labels import CLASS_NAMES
+
+        names = set(image_names)
+        boxed = {c: int(boxes.loc[boxes["finding"] == c, "image_index"].drop_duplicates().isin(names).sum())
+                 for c in classes}
+        counts = boxes["finding"].value_counts()
+        order = sorted(counts.index, key=lambda f: (CLASS_NAMES.index(f) if f in CLASS_NAMES else len(CLASS_NAMES), f))
+        return cls(box_file=str(box_file), images=len(image_names), boxed=boxed,
+                   boxes_per_class={f: int(counts[f]) for f in order})
+
+    @property
+    def unboxed(self) -> list:
+        """The requested classes no image has a box of."""
+        return [c for c, n in self.boxed.items() if n == 0]
+
+    @property
+    def boxes_there(self) -> str:
+        """``boxes there: Atelectasis 180, Cardiomegaly 146, ...``: what the file has boxes of."""
+        return "boxes there: " + (", ".join(f"{f} {n:,}" for f, n in self.boxes_per_class.items()) or "none")
+
+    def summary(self) -> str:
+        """``box file <name>: 2 of 3 images have a box of Cardiomegaly (boxes there: ...)``."""
+        counted = ", ".join(f"{n:,} of {self.images:,} image{'' if self.images == 1 else 's'} "
+                            f"{'has' if self.images == 1 else 'have'} a box of {c}" for c, n in self.boxed.items())
+        return f"box file {Path(self.box_file).name}: {counted} ({self.boxes_there})"
+
+    def no_scores(self) -> Optional[str]:
+        """What to print instead of a localisation table for the classes no image has a box of."""
+        if not self.unboxed:
+            return None
+        return f"no localisation scores: none of the images has a box of {' or '.join(self.unboxed)}"
+
+    def nothing_written(self) -> str:
+        """Why explaining only the boxed images leaves nothing to do."""
+        which = ("the image has no box of" if self.images == 1
+                 else f"none of the {self.images:,} images has a box of")
+        return f"nothing written: {which} {' or '.join(self.boxed)} in {self.box_file} ({self.boxes_there})"
