@@ -107,6 +107,49 @@ def test_thresholds_round_trip_through_saved_model(run_dir, tmp_path, chestxray1
     assert predictor.class_names == saved["class_names"]
 
 
+def test_tflite_and_saved_model_exports_evaluate_to_the_same_auroc_table(tmp_path, chestxray14_dir):
+    """``can-tf evaluate`` on a .tflite and a SavedModel export of one model, on the same real images."""
+    import export_support as support
+
+    from can_tf.config import DataConfig
+    from can_tf.data.table import load_table
+    from can_tf.export.tflite import export_tflite
+    from can_tf.labels import CLASS_NAMES
+
+    # 40 real NIH images with their labels, as a CSV data set (the exports carry no config of their own).
+    df, _ = load_table(DataConfig(source=str(chestxray14_dir), image_root=str(chestxray14_dir / "images")))
+    rows = df.sort_values("image_index").head(40)
+    table = rows[["path", *CLASS_NAMES]].copy()
+    table[list(CLASS_NAMES)] = table[list(CLASS_NAMES)].astype(int)
+    data = tmp_path / "real.csv"
+    table.to_csv(data, index=False)
+
+    _, saved = support.saved_model_export(chestxray14_dir)
+    lite = export_tflite(support.tiny_source(), tmp_path / "tflite", quantize="none",
+                         images=support.real_images(chestxray14_dir), num_verify=support.NUM_REAL)
+    reports = {}
+    for fmt, model in (("saved_model", saved.path), ("tflite", lite.path)):
+        out = tmp_path / f"eval-{fmt}"
+        result = CliRunner().invoke(main, ["evaluate", str(model), "--data", str(data), "--bootstrap", "20",
+                                           "--thresholds", "none", "--batch-size", "16", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        reports[fmt] = json.loads((out / "report.json").read_text())
+    saved_report, lite_report = reports["saved_model"], reports["tflite"]
+    assert saved_report["num_images"] == lite_report["num_images"] == 40
+    saved_rows = {row["class"]: row for row in saved_report["classes"]}
+    lite_rows = {row["class"]: row for row in lite_report["classes"]}
+    assert list(saved_rows) == list(lite_rows) == list(CLASS_NAMES)
+    defined = 0
+    for name in CLASS_NAMES:
+        a, b = saved_rows[name], lite_rows[name]
+        assert (a["auroc"] is None) == (b["auroc"] is None), name
+        if a["auroc"] is not None:
+            # Probabilities agree to 1e-4; only a near-tie between two images could move an AUROC.
+            assert b["auroc"] == pytest.approx(a["auroc"], abs=0.02), name
+            defined += 1
+    assert defined >= 3
+
+
 def test_evaluate_bad_options_name_the_option(run_dir, tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["evaluate", str(run_dir), "--thresholds", "median"])
