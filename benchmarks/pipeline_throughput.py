@@ -7,7 +7,7 @@ Decode + resize through :func:`can_tf.data.pipeline.make_dataset` at each image 
 - ``cached``: a memory cache filled by a first epoch, then the second epoch timed (what every epoch
   after the first costs in training).
 
-The up-front check of the files (``on_bad_image``, :func:`can_tf.data.images.scan_images`) is
+The up-front check of the files (``on_bad_image``, :func:`can_tf.images.scan_images`) is
 timed on its own and left out of both. Each number is the median over ``--repeats`` runs.
 
 Usage:
@@ -50,10 +50,10 @@ def main(argv=None) -> dict:
     import pandas as pd
     import tensorflow as tf
 
-    from can_tf.data.images import IMAGE_EXTENSIONS, scan_images
+    from can_tf.images import IMAGE_SUFFIXES, scan_images
     from can_tf.data.pipeline import make_dataset
 
-    paths = sorted(str(p) for p in args.images.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    paths = sorted(str(p) for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise SystemExit(f"no PNG/JPEG images in {args.images}")
     df = pd.DataFrame({"path": paths, "label": np.zeros(len(paths), np.float32)})

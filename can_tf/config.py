@@ -26,11 +26,11 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from can_tf.files import atomic_write_text
+from can_tf.images import ASPECTS, DEFAULT_MAX_PIXELS
 from can_tf.labels import CLASS_NAMES
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field at fault."""
+from can_tf.errors import ConfigError  # noqa: E402  (defined there, kept importable from here)
 
 
 @dataclass
@@ -59,6 +59,11 @@ class DataConfig:
     augment: bool = True
     cache: str = "memory"  # none | memory | a file path prefix
     on_bad_image: str = "stop"  # stop | skip
+    # Non-square images: stretch | pad | crop (see can_tf.images); stored with the model, applied by
+    # every runtime (training, predict, serving signatures, the TFLite edge script).
+    aspect: str = "stretch"
+    # Images whose header claims more pixels are refused before decoding (decompression bombs).
+    max_pixels: int = DEFAULT_MAX_PIXELS
     # Fixed tf.data element order (parallel decode and augmentation hand over elements in order):
     # a rerun sees the same batches, though op results may still vary (GPU kernels, large graphs).
     # train.deterministic implies it.
@@ -70,6 +75,10 @@ class DataConfig:
         _one_of("data.format", self.format, ("auto", "chestxray14", "csv"))
         _one_of("data.split", self.split, ("patient", "official"))
         _one_of("data.on_bad_image", self.on_bad_image, ("stop", "skip"))
+        _one_of("data.aspect", self.aspect, ASPECTS)
+        if not isinstance(self.max_pixels, int) or self.max_pixels < self.image_size ** 2:
+            raise ConfigError(f"data.max_pixels must be a whole number of at least data.image_size^2 "
+                              f"({self.image_size ** 2}), got {self.max_pixels!r}")
         if len(self.split_fractions) != 3 or any(f < 0 for f in self.split_fractions):
             raise ConfigError(
                 f"data.split_fractions must be three non-negative numbers (train, val, test), "

@@ -3,7 +3,8 @@
 :class:`Predictor` hides the format: whatever was loaded, :meth:`Predictor.predict` takes float32
 images ``(B, S, S, 1)`` in [0, 255] (what :mod:`can_tf.inputs` and the training pipeline produce)
 and returns probabilities ``(B, C)``. The model does its own preprocessing, so pixels are scaled
-exactly once. :meth:`Predictor.predict_files` adds reading, batching and per-file error reporting,
+exactly once. The model itself runs in :mod:`can_tf.runtime` (one runtime per format); the
+predictor adds the metadata around it. :meth:`Predictor.predict_files` adds reading, batching and per-file error reporting,
 and applies the per-class thresholds chosen by ``can-tf evaluate`` when they were saved with the
 model.
 
@@ -38,8 +39,10 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from can_tf.inputs import check_finite_pixels
+from can_tf.images import DEFAULT_MAX_PIXELS, check_aspect
 from can_tf.labels import CLASS_NAMES, NO_FINDING
+from can_tf.runtime import FunctionRuntime, Runtime, open_runtime, runtime_format
+from can_tf.runtime import latest_version as _latest_version
 
 THRESHOLDS_FILE = "thresholds.json"
 CONFIG_FILE = "config.yaml"
@@ -49,8 +52,7 @@ PROVENANCE_FILE = "provenance.json"
 _METADATA_SUBDIRS = ("", "assets.extra", "assets")
 
 
-class ModelFormatError(ValueError):
-    """``MODEL`` is not something can-tf can load; the message names the path and what was expected."""
+from can_tf.errors import ModelFileError  # noqa: E402  (defined there; raised for unloadable MODEL paths)
 
 
 # ---- locating a model and its metadata --------------------------------------------------------
@@ -58,41 +60,27 @@ def model_format(path: str | os.PathLike) -> str:
     """``"run"``, ``"keras"``, ``"saved_model"`` or ``"tflite"`` for ``path``.
 
     Raises:
-        ModelFormatError: naming the path, when it is none of them.
+        ModelFileError: naming the path, when it is none of them.
     """
     from can_tf.run import RunError, is_run_dir, open_run
 
     path = Path(path)
-    if path.is_dir():
-        if is_run_dir(path):
-            try:
-                open_run(path)
-            except RunError as e:
-                raise ModelFormatError(str(e)) from None
-            return "run"
-        if (path / "saved_model.pb").is_file() or _latest_version(path) is not None:
-            return "saved_model"
-        raise ModelFormatError(
-            f"{path} is a folder but neither a run directory (config.yaml + best.keras) nor a "
-            f"SavedModel (saved_model.pb)"
-        )
-    if not path.exists():
-        raise ModelFormatError(f"model not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".keras":
-        return "keras"
-    if suffix == ".tflite":
-        return "tflite"
-    raise ModelFormatError(
-        f"cannot tell the format of model {path}: expected a run directory, a .keras file, a "
-        f"SavedModel folder or a .tflite file"
-    )
-
-
-def _latest_version(path: Path) -> Optional[Path]:
-    """TF Serving layout: ``<base>/<version>/saved_model.pb``; the highest version wins."""
-    versions = [p for p in path.iterdir() if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").is_file()]
-    return max(versions, key=lambda p: int(p.name)) if versions else None
+    if path.is_dir() and is_run_dir(path):
+        try:
+            open_run(path)
+        except RunError as e:
+            raise ModelFileError(str(e)) from None
+        return "run"
+    try:
+        return runtime_format(path)
+    except ModelFileError:
+        if path.is_dir():
+            raise ModelFileError(f"{path} is a folder but neither a run directory (config.yaml + best.keras) "
+                                 f"nor a SavedModel (saved_model.pb)") from None
+        if path.exists():
+            raise ModelFileError(f"cannot tell the format of model {path}: expected a run directory, a .keras "
+                                 f"file, a SavedModel folder or a .tflite file") from None
+        raise
 
 
 def find_metadata(model_path: str | os.PathLike, name: str) -> Optional[Path]:
@@ -124,117 +112,7 @@ def read_provenance(model_path, run=None) -> Optional[dict]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise ModelFormatError(f"cannot read {path}: {e}") from None
-
-
-# ---- the backends -----------------------------------------------------------------------------
-class _KerasBackend:
-    def __init__(self, path: Path):
-        import tensorflow as tf
-
-        from can_tf.export.source import load_keras_model
-        from can_tf.export.versioning import ExportError
-        from can_tf.models import inference_model
-
-        try:
-            self.model = load_keras_model(path)
-        except ExportError as exc:
-            raise ModelFormatError(str(exc)) from None
-        self.inference = inference_model(self.model)
-        self.image_size = int(self.inference.inputs[0].shape[1])
-        self.num_classes = int(self.inference.outputs[0].shape[-1])
-        self._call = tf.function(lambda x: self.inference(x, training=False), reduce_retracing=True)
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return np.asarray(self._call(images), dtype=np.float32)
-
-
-class _SavedModelBackend:
-    SIGNATURE = "serving_images"
-
-    def __init__(self, path: Path):
-        import tensorflow as tf
-
-        path = _latest_version(path) or path
-        try:
-            loaded = tf.saved_model.load(str(path))
-        except Exception as exc:
-            raise ModelFormatError(f"cannot load SavedModel {path}: {type(exc).__name__}: {exc}") from exc
-        if self.SIGNATURE not in loaded.signatures:
-            raise ModelFormatError(
-                f"SavedModel {path} has no {self.SIGNATURE!r} signature (has: "
-                f"{', '.join(loaded.signatures) or 'none'}); export it with `can-tf export`"
-            )
-        self._loaded = loaded  # keeps the signature's variables alive
-        self._fn = loaded.signatures[self.SIGNATURE]
-        (self._input_name, spec), = self._fn.structured_input_signature[1].items()
-        self.image_size = spec.shape[1] if spec.shape.rank == 4 else None
-        outputs = self._fn.structured_outputs
-        if "probabilities" not in outputs:
-            raise ModelFormatError(f"SavedModel {path}: signature {self.SIGNATURE!r} returns "
-                                   f"{list(outputs)}, not 'probabilities'")
-        self.num_classes = outputs["probabilities"].shape[-1]
-        self._dtype = spec.dtype
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        import tensorflow as tf
-
-        result = self._fn(**{self._input_name: tf.constant(images, dtype=self._dtype)})
-        return np.asarray(result["probabilities"], dtype=np.float32)
-
-
-class _LiteRTBackend:
-    def __init__(self, path: Path):
-        from ai_edge_litert.interpreter import Interpreter
-
-        try:
-            self._interpreter = Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
-        except Exception as exc:
-            raise ModelFormatError(f"cannot load TFLite model {path}: {type(exc).__name__}: {exc}") from exc
-        inputs = self._interpreter.get_input_details()
-        if len(inputs) != 1:
-            raise ModelFormatError(f"TFLite model {path} has {len(inputs)} inputs; expected one image tensor")
-        self._input = inputs[0]
-        outputs = self._interpreter.get_output_details()
-        named = [o for o in outputs if "probabilities" in o["name"]]
-        self._output = (named or outputs)[0]
-        self.image_size = int(self._input["shape"][1])
-        self.num_classes = int(self._output["shape"][-1])
-        self._batch = None
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        interpreter, spec = self._interpreter, self._input
-        if self._batch != len(images):
-            # Resizing the batch dimension re-plans the interpreter's memory; do it only on change.
-            interpreter.resize_tensor_input(spec["index"], [len(images), *images.shape[1:]], strict=False)
-            interpreter.allocate_tensors()
-            self._batch = len(images)
-        interpreter.set_tensor(spec["index"], _quantize(images, spec))
-        interpreter.invoke()
-        return _dequantize(interpreter.get_tensor(self._output["index"]), self._output)
-
-
-def _quantize(values: np.ndarray, spec: dict) -> np.ndarray:
-    dtype = spec["dtype"]
-    if np.issubdtype(dtype, np.floating):
-        return values.astype(dtype)
-    scale, zero_point = spec["quantization"]
-    info = np.iinfo(dtype)
-    if scale == 0:  # an integer input that is not quantised (e.g. uint8 pixels the model casts)
-        scale, zero_point = 1.0, 0
-    return np.clip(np.round(values / scale + zero_point), info.min, info.max).astype(dtype)
-
-
-def _dequantize(values: np.ndarray, spec: dict) -> np.ndarray:
-    if np.issubdtype(spec["dtype"], np.floating):
-        return values.astype(np.float32)
-    scale, zero_point = spec["quantization"]
-    if scale == 0:
-        return values.astype(np.float32)
-    return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
-
-
-_BACKENDS = {"keras": _KerasBackend, "saved_model": _SavedModelBackend, "tflite": _LiteRTBackend}
+        raise ModelFileError(f"cannot read {path}: {e}") from None
 
 
 # ---- results ----------------------------------------------------------------------------------
@@ -309,6 +187,21 @@ class Predictions:
         return atomic_write_text(path, text)
 
 
+def _image_rules(model_path: Path, config) -> tuple:
+    """``(aspect, max_pixels)`` the model was trained with: its config, else a ``.tflite``'s
+    ``<stem>.json`` (written by the export), else the defaults."""
+    if config is not None:
+        return config.data.aspect, config.data.max_pixels
+    described = Path(model_path).with_suffix(".json")
+    if Path(model_path).suffix.lower() == ".tflite" and described.is_file():
+        try:
+            spec = json.loads(described.read_text(encoding="utf-8")).get("input", {})
+            return spec.get("aspect", "stretch"), int(spec.get("max_pixels", DEFAULT_MAX_PIXELS))
+        except (OSError, ValueError, AttributeError) as e:
+            raise ModelFileError(f"cannot read {described}: {e}") from None
+    return "stretch", DEFAULT_MAX_PIXELS
+
+
 # ---- the predictor ----------------------------------------------------------------------------
 class Predictor:
     """Runs a saved model of any supported format on images in [0, 255].
@@ -324,15 +217,20 @@ class Predictor:
         (2, 14)
     """
 
-    def __init__(self, backend: Callable, *, image_size: int, class_names: Sequence[str],
-                 thresholds=None, format: str = "", path: str = "", provenance: Optional[dict] = None):
-        self._backend = backend
+    def __init__(self, runtime: Runtime | Callable, *, image_size: int, class_names: Sequence[str],
+                 thresholds=None, format: str = "", path: str = "", provenance: Optional[dict] = None,
+                 aspect: str = "stretch", max_pixels: Optional[int] = DEFAULT_MAX_PIXELS):
+        if not isinstance(runtime, Runtime):  # a plain function images -> probabilities
+            runtime = FunctionRuntime(runtime, image_size=image_size, num_classes=len(class_names), format=format)
+        self._runtime = runtime
         self.image_size = int(image_size)
         self.class_names = list(class_names)
         self.thresholds = thresholds
         self.format = format
         self.path = path
         self.provenance = provenance
+        self.aspect = check_aspect(aspect)  # the model's image rules (data.aspect, data.max_pixels)
+        self.max_pixels = max_pixels
 
     @property
     def warning(self) -> Optional[str]:
@@ -344,9 +242,9 @@ class Predictor:
     @property
     def keras_model(self):
         """The loaded Keras model (run directory and ``.keras`` formats only)."""
-        model = getattr(self._backend, "model", None)
+        model = getattr(self._runtime, "model", None)
         if model is None:
-            raise ModelFormatError(
+            raise ModelFileError(
                 f"{self.path} is a {self.format} model; this needs the Keras model (a run directory "
                 f"or a .keras file)"
             )
@@ -361,13 +259,13 @@ class Predictor:
         fmt = model_format(path)
         run = run_of_model(path) if fmt in ("run", "keras") else None
         weights = run.best_model if fmt == "run" else path
-        backend = _BACKENDS["keras" if fmt == "run" else fmt](weights)
+        runtime = open_runtime(weights, "keras" if fmt == "run" else fmt)
 
         config_path = run.config_path if run is not None else find_metadata(path, CONFIG_FILE)
         config = read_config(config_path) if config_path else None
-        image_size = backend.image_size or (config.data.image_size if config else None)
+        image_size = runtime.image_size or (config.data.image_size if config else None)
         if not image_size:
-            raise ModelFormatError(f"{path}: the model does not fix its input size and no {CONFIG_FILE} "
+            raise ModelFileError(f"{path}: the model does not fix its input size and no {CONFIG_FILE} "
                                    f"beside it says it")
         labels_path = find_metadata(path, LABELS_FILE)
         if config is not None:
@@ -375,23 +273,25 @@ class Predictor:
         elif labels_path is not None:
             class_names = [line.strip() for line in labels_path.read_text(encoding="utf-8").splitlines()
                            if line.strip()]
-        elif backend.num_classes == len(CLASS_NAMES):
+        elif runtime.num_classes == len(CLASS_NAMES):
             class_names = list(CLASS_NAMES)
         else:
-            raise ModelFormatError(
-                f"{path}: the model has {backend.num_classes} outputs and no {CONFIG_FILE} beside it names "
+            raise ModelFileError(
+                f"{path}: the model has {runtime.num_classes} outputs and no {CONFIG_FILE} beside it names "
                 f"its classes"
             )
-        if len(class_names) != backend.num_classes:
-            raise ModelFormatError(f"{config_path or labels_path} names {len(class_names)} classes but model {path} has "
-                                   f"{backend.num_classes} outputs")
+        if len(class_names) != runtime.num_classes:
+            raise ModelFileError(f"{config_path or labels_path} names {len(class_names)} classes but model {path} has "
+                                   f"{runtime.num_classes} outputs")
         thresholds = None
         if use_thresholds:
             thresholds_path = run.thresholds_path if run is not None else find_metadata(path, THRESHOLDS_FILE)
             if thresholds_path is not None and thresholds_path.is_file():
                 thresholds = read_thresholds(thresholds_path, class_names)
-        return cls(backend, image_size=image_size, class_names=class_names, thresholds=thresholds,
-                   format=fmt, path=str(path), provenance=read_provenance(path, run))
+        aspect, max_pixels = _image_rules(path, config)
+        return cls(runtime, image_size=image_size, class_names=class_names, thresholds=thresholds,
+                   format=fmt, path=str(path), provenance=read_provenance(path, run), aspect=aspect,
+                   max_pixels=max_pixels)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """float32 ``(B, S, S, 1)`` in [0, 255] -> probabilities ``(B, C)``.
@@ -403,10 +303,8 @@ class Predictor:
         if images.ndim != 4 or images.shape[1:3] != (self.image_size, self.image_size):
             raise ValueError(f"images must have shape (B, {self.image_size}, {self.image_size}, 1), "
                              f"got {images.shape}")
-        if len(images) == 0:
-            return np.zeros((0, len(self.class_names)), np.float32)
-        images = check_finite_pixels(images)  # refused here, not left to a pooling kernel
-        return self._backend(images)
+        # The runtime refuses NaN/inf pixels (not left to a pooling kernel) and handles empty batches.
+        return self._runtime.predict(images)
 
     def predict_files(self, paths: Sequence[str], *, batch_size: int = 32,
                       on_batch: Optional[Callable[[int], None]] = None) -> Predictions:
@@ -423,7 +321,7 @@ class Predictor:
         errors = {}
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
-            batch = load_images(chunk, self.image_size)
+            batch = load_images(chunk, self.image_size, aspect=self.aspect, max_pixels=self.max_pixels)
             errors.update(batch.errors)
             if batch.paths:
                 probs = self.predict(batch.images)

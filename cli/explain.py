@@ -10,7 +10,8 @@ import click
 @click.command("explain")
 @click.argument("model", type=click.Path(exists=True))
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
-@click.option("--class", "class_name", required=True, help="Class to explain, e.g. Cardiomegaly.")
+@click.option("--class", "class_name", required=True,
+              help="Class to explain, e.g. Cardiomegaly (matched ignoring case and _/space).")
 @click.option("--method", type=click.Choice(["gradcam", "gradcam++", "scorecam"]), default="gradcam",
               show_default=True)
 @click.option("--branch", type=click.Choice(["fused", "branch_1", "branch_2"]), default="fused",
@@ -46,10 +47,8 @@ def explain(model, inputs, class_name, method, branch, out_dir, bbox_file, bbox_
     """
     if only_boxed and bbox_file is None:
         raise click.BadParameter("needs --bbox (the boxes say which images to explain)", param_hint="--only-boxed")
-    from can_tf.data.errors import DataError
     from can_tf.explanation.explain import explain_files
-    from can_tf.predictor import ModelFormatError, Predictor
-    from can_tf.run import RunError
+    from can_tf.predictor import Predictor
 
     try:
         from can_tf.inputs import expand_inputs
@@ -63,17 +62,25 @@ def explain(model, inputs, class_name, method, branch, out_dir, bbox_file, bbox_
             result = explain_files(predictor, paths, class_name, method=method, branch=branch, out_dir=out_dir,
                                    bbox_file=bbox_file, box_space=bbox_space, only_with_boxes=only_boxed,
                                    batch_size=batch_size, on_batch=bar.update)
-    except (DataError, ModelFormatError, RunError, ValueError) as e:
+    except ValueError as e:
+        # can_tf's own errors pass (can_tf_cli.main shows them as one line); this catches the plain
+        # ValueErrors of the heat map code's option checks (--branch, --bbox-space).
+        if sys.modules.get("can_tf.errors") and isinstance(e, sys.modules["can_tf.errors"].CanTfError):
+            raise
         raise click.ClickException(str(e)) from None
 
     click.echo(f"{len(result.overlays)} overlay(s) written to {out_dir}", err=True)
     for path, reason in result.errors.items():
         click.echo(f"  skipped: {reason if path in reason else f'{path}: {reason}'}", err=True)
+    if result.box_summary:
+        click.echo(result.box_summary, err=True)
+    if result.localization_note:
+        click.echo(result.localization_note)
     if result.localization is not None:
         table = result.localization
-        click.echo(f"Localisation of {class_name} ({method}, {branch}) against {bbox_file}:")
+        click.echo(f"Localisation of {result.class_name} ({method}, {branch}) against {bbox_file}:")
         click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         click.echo(f"(hit rate = peak inside the box; chance = mean box area / image area; written to "
                    f"{result.localization_path})")
-    if not result.overlays:
+    if not result.overlays or result.errors:  # as predict: non-zero when any input was not explained
         raise click.exceptions.Exit(1)

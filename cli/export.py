@@ -29,7 +29,8 @@ QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")
               help="Real images (folder, image or .txt list) to check the export on and to calibrate int8; "
                    "default: the run's training split.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
-              help="saved_model: refuse images whose header claims more pixels (default 40 million).")
+              help="Refuse images whose header claims more pixels (serving_default; the edge script reads it "
+                   "from the .tflite's metadata); default: the run's data.max_pixels (40 million).")
 @click.option("--overwrite", is_flag=True, help="tflite: replace an existing .tflite and its companion files.")
 def export(run_or_model, fmt, out, name, version, quantize, uint8_input, calibration_data, max_pixels, overwrite):
     """Export RUN_OR_MODEL (a run directory or a .keras file), verified against the Keras model.
@@ -47,24 +48,21 @@ def export(run_or_model, fmt, out, name, version, quantize, uint8_input, calibra
     if fmt == "saved_model" and (quantize != "none" or uint8_input or overwrite):
         raise click.UsageError("--quantize, --uint8-input and --overwrite apply to --format tflite only "
                                "(SavedModel versions are never overwritten; omit --version for a new one)")
-    if fmt == "tflite" and (version is not None or max_pixels is not None):
-        raise click.UsageError("--version and --max-pixels apply to --format saved_model only")
+    if fmt == "tflite" and version is not None:
+        raise click.UsageError("--version applies to --format saved_model only")
 
-    from can_tf.export import ExportError
+    # An ExportError (or any other can_tf error) becomes one `Error:` line in can_tf_cli.main.
+    if fmt == "saved_model":
+        from can_tf.export.saved_model import export_saved_model
 
-    try:
-        if fmt == "saved_model":
-            from can_tf.export.saved_model import DEFAULT_MAX_PIXELS, export_saved_model
+        result = export_saved_model(run_or_model, out or "exports/serving/models", name=name, version=version,
+                                    images=calibration_data, max_pixels=max_pixels)
+    else:
+        from can_tf.export.tflite import export_tflite
 
-            result = export_saved_model(run_or_model, out or "exports/serving/models", name=name, version=version,
-                                        images=calibration_data, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
-        else:
-            from can_tf.export.tflite import export_tflite
-
-            source = Path(run_or_model)
-            default_out = (source if source.is_dir() else source.parent) / "tflite"
-            result = export_tflite(run_or_model, out or default_out, name=name, quantize=quantize,
-                                   uint8_input=uint8_input, images=calibration_data, overwrite=overwrite)
-    except ExportError as e:
-        raise click.ClickException(str(e)) from None
+        source = Path(run_or_model)
+        default_out = (source if source.is_dir() else source.parent) / "tflite"
+        result = export_tflite(run_or_model, out or default_out, name=name, quantize=quantize,
+                               uint8_input=uint8_input, images=calibration_data, overwrite=overwrite,
+                               max_pixels=max_pixels)
     click.echo(result.summary())

@@ -40,18 +40,13 @@ def predict(model, inputs, out_path, batch_size, no_thresholds, path_column, ima
     if not out_path.lower().endswith((".csv", ".json")):
         raise click.BadParameter(f"{out_path!r} must end in .csv or .json", param_hint="--out")
 
-    from can_tf.data.errors import DataError
     from can_tf.inputs import expand_inputs
-    from can_tf.predictor import ModelFormatError, Predictor
-    from can_tf.run import RunError
+    from can_tf.predictor import Predictor
 
-    try:
-        paths = expand_inputs(inputs, path_column=path_column, image_root=image_root)
-        predictor = Predictor.load(model, use_thresholds=not no_thresholds)
-    except (DataError, ModelFormatError, RunError) as e:
-        raise click.ClickException(str(e)) from None
-    except ValueError as e:  # thresholds.json that does not fit the model
-        raise click.ClickException(str(e)) from None
+    # can_tf's errors (a bad input list, model file, run or thresholds.json) become one `Error:`
+    # line in can_tf_cli.main.
+    paths = expand_inputs(inputs, path_column=path_column, image_root=image_root)
+    predictor = Predictor.load(model, use_thresholds=not no_thresholds)
 
     if predictor.warning:
         click.echo(predictor.warning, err=True)
@@ -74,5 +69,5 @@ def predict(model, inputs, out_path, batch_size, no_thresholds, path_column, ima
             click.echo(f"  ... and {len(result.errors) - 20} more (see {written})", err=True)
     if predictor.warning:
         click.echo(predictor.warning, err=True)  # again after the results: the line a user reads last
-    if result.num_predicted == 0:
+    if result.errors:  # the others were predicted and written; the exit status says not all were
         raise click.exceptions.Exit(1)

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 
-def make_run_dir(run_dir, data_dir, *, preset: str = "small", image_size: int = 64, seed: int = 0) -> Path:
+def make_run_dir(run_dir, data_dir, *, preset: str = "small", image_size: int = 64, seed: int = 0,
+                 overrides=()) -> Path:
     """A run directory as training leaves it (config.yaml, provenance.json, splits/, best.keras and
     model.keras), with an untrained model: enough for every format and report path, in a few seconds
     instead of a training run. The files are laid out by `can_tf.run.Run`, as `fit` lays them."""
@@ -22,7 +23,7 @@ def make_run_dir(run_dir, data_dir, *, preset: str = "small", image_size: int = 
     run = Run(run_dir)
     config = RunConfig.resolve(preset=preset, overrides=[
         f"data.source={json.dumps(str(data_dir))}", f"data.image_size={image_size}",
-        f"train.run_dir={json.dumps(str(run.root))}", f"train.seed={seed}"])
+        f"train.run_dir={json.dumps(str(run.root))}", f"train.seed={seed}", *overrides])
     with run.training(config):
         df, class_names = load_table(config.data)
         splits = make_splits(df, config.data)

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from can_tf.data.errors import DataError
-from can_tf.data.images import read_image
-from can_tf.data.pipeline import BadImageWarning, load_image, make_dataset
+from can_tf.data.pipeline import BadImageWarning, make_dataset
+from can_tf.images import load_image
 from can_tf.labels import CLASS_NAMES as _CLASS_NAMES
 
 tf = pytest.importorskip("tensorflow")
@@ -63,7 +63,7 @@ def test_all_real_images_load_with_their_labels(real_table, chestxray14_dir):
         np.testing.assert_array_equal(labels[row], [float(n in findings) for n in CLASS_NAMES])
     assert labels.sum(axis=0)[CLASS_NAMES.index("Hernia")] == 18  # the sample's README count
     # The pipeline's first image equals the eager single-file path.
-    np.testing.assert_array_equal(images[0], load_image(real_table["path"].iloc[0], 64))
+    np.testing.assert_array_equal(images[0], load_image(real_table["path"].iloc[0], 64).pixels)
 
 
 def test_rgb_and_rgba_files_match_gray_and_pil_luminance(chestxray14_dir):
@@ -83,8 +83,8 @@ def test_rgb_and_rgba_files_match_gray_and_pil_luminance(chestxray14_dir):
 def test_1024_original_resized_to_512_matches_the_512_file(chestxray14_dir):
     originals = sorted((chestxray14_dir / "images-1024").glob("*.png"))[:6]
     for path in originals:
-        resized = load_image(path, 512)[..., 0]
-        reference = read_image(chestxray14_dir / "images" / path.name).astype(np.float32)
+        resized = load_image(path, 512).pixels[..., 0]
+        reference = _pil_gray(chestxray14_dir / "images" / path.name).astype(np.float32)
         # Measured 0.26-0.44 grey levels on the 16 originals (the 512 px files were made with
         # another antialiasing filter); a nearest-neighbour resize gives 1.2-1.7 and a one-pixel
         # shift 1.6-2.2, so 0.75 separates a right resize from a wrong one.
@@ -98,7 +98,7 @@ def test_sixteen_bit_png_range(tmp_path):
     images, _ = _collect(make_dataset(_path_table([tmp_path / "16.png"]), ["label"], 64, 1, training=False))
     assert images.min() == 0 and images.max() == 255
     # Same as the PIL path (v / 257, rounded), within one grey level of float rounding.
-    assert np.abs(images[0, ..., 0] - read_image(tmp_path / "16.png")).max() <= 1
+    assert np.abs(images[0, ..., 0] - _pil_gray(tmp_path / "16.png")).max() <= 1
 
 
 def test_jpeg_and_other_modes_decode(tmp_path):
@@ -113,7 +113,7 @@ def test_jpeg_and_other_modes_decode(tmp_path):
     assert images.shape == (4, 32, 32, 1)
     for image, path in zip(images, paths):
         # The PIL reader resized the same way: both decoders agree within JPEG's IDCT differences.
-        expected = tf.image.resize(read_image(path)[..., None].astype(np.float32), (32, 32), antialias=True)
+        expected = tf.image.resize(_pil_gray(path)[..., None].astype(np.float32), (32, 32), antialias=True)
         assert np.abs(image - np.round(expected.numpy())).mean() < 1.0, path.name
 
 
@@ -131,7 +131,7 @@ def test_bad_image_stop_names_the_files(table_with_bad_files):
     with pytest.raises(DataError) as error:
         make_dataset(table_with_bad_files, ["label"], 32, 4, training=True, on_bad_image="stop")
     message = str(error.value)
-    assert "cut.png: truncated PNG" in message and "junk.png: not a PNG or JPEG image" in message
+    assert "cut.png: truncated PNG" in message and "junk.png: not a PNG, JPEG or DICOM image" in message
     assert "2 of 12 image files" in message
 
 
@@ -220,3 +220,15 @@ def test_drop_remainder(phantom_table):
     table = _path_table(phantom_table["path"].iloc[:10])
     sizes = [len(y) for _, y in make_dataset(table, ["label"], 32, 4, training=False, drop_remainder=True)]
     assert sizes == [4, 4]
+
+
+def _pil_gray(path) -> np.ndarray:
+    """An independent reference: Pillow's decoder and luminance (16-bit scaled by its full range)."""
+    with Image.open(path) as image:
+        if image.mode.startswith("I"):
+            return np.round(np.asarray(image, np.float64) * 255.0 / 65535.0).astype(np.uint8)
+        if image.mode == "LA":
+            return np.asarray(image.getchannel(0), np.uint8)
+        if image.mode in ("P", "PA"):
+            image = image.convert("RGBA")
+        return np.asarray(image.convert("L"), np.uint8)

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from can_tf.data.errors import DataError
-from can_tf.inputs import expand_inputs, load_images, read_dicom
+from can_tf.images import read_gray
+from can_tf.inputs import expand_inputs, load_images
 
 
 # ---- inputs -------------------------------------------------------------------------------------
@@ -55,11 +56,15 @@ def test_unreadable_files_are_reported_by_name_and_the_rest_loaded(tmp_path):
 
 
 def test_model_input_matches_the_training_pipeline(chestxray14_dir):
-    from can_tf.data.pipeline import load_image
+    import pandas as pd
 
-    path = sorted((chestxray14_dir / "images").glob("*.png"))[0]
-    batch = load_images([str(path)], image_size=64)
-    np.testing.assert_array_equal(batch.images[0], load_image(path, 64))
+    from can_tf.data.pipeline import make_dataset
+
+    paths = [str(p) for p in sorted((chestxray14_dir / "images").glob("*.png"))[:3]]
+    batch = load_images(paths, image_size=64)
+    table = pd.DataFrame({"path": paths, "label": [0.0] * len(paths)})
+    (pipeline_images, _), = make_dataset(table, ["label"], 64, 3, training=False)
+    np.testing.assert_array_equal(batch.images, pipeline_images.numpy())
     assert batch.images.max() > 1.0  # [0, 255], not [0, 1]
 
 
@@ -84,13 +89,13 @@ def _write_dicom(path: Path, pixels: np.ndarray, photometric: str, window=None, 
 
 def test_dicom_monochrome1_is_inverted_and_voi_window_applied(tmp_path):
     ramp = np.tile(np.linspace(0, 4000, 16).astype(np.uint16), (8, 1))  # 0, 266.7, ... 4000
-    mono2 = read_dicom(_write_dicom(tmp_path / "m2.dcm", ramp, "MONOCHROME2"))
-    mono1 = read_dicom(_write_dicom(tmp_path / "m1.dcm", ramp, "MONOCHROME1"))
+    mono2 = read_gray(_write_dicom(tmp_path / "m2.dcm", ramp, "MONOCHROME2"))
+    mono1 = read_gray(_write_dicom(tmp_path / "m1.dcm", ramp, "MONOCHROME1"))
     assert mono2.dtype == np.uint8 and mono2.shape == (8, 16)
     assert mono2[0, 0] == 0 and mono2[0, -1] == 255  # stretched to the full range
     np.testing.assert_array_equal(mono1.astype(int), 255 - mono2.astype(int))  # MONOCHROME1: high = dark
     # Window centre 2000, width 800: below 1600 is black, above 2400 white, linear between.
-    windowed = read_dicom(_write_dicom(tmp_path / "w.dcm", ramp, "MONOCHROME2", window=(2000, 800)))
+    windowed = read_gray(_write_dicom(tmp_path / "w.dcm", ramp, "MONOCHROME2", window=(2000, 800)))
     values = ramp[0]
     assert (windowed[0, values < 1600] == 0).all() and (windowed[0, values > 2400] == 255).all()
     middle = (values > 1700) & (values < 2300)
@@ -159,7 +164,7 @@ def test_cli_predict_exit_code_and_summary(tmp_path, monkeypatch):
     runner = CliRunner()
     out = tmp_path / "preds.csv"
     result = runner.invoke(main, ["predict", str(tmp_path), good, str(bad), "--out", str(out)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # not all predicted; the others are written
     assert "1 of 2 image(s) predicted" in result.output and "bad.png" in result.output
     assert out.read_text().count("\n") == 3  # header + 2 rows
     result = runner.invoke(main, ["predict", str(tmp_path), str(bad), "--out", str(out)])
@@ -183,7 +188,7 @@ def _real_images(chestxray14_dir, n=6):
 def test_run_dir_and_keras_file_predict_what_the_model_computes(run_dir, chestxray14_dir, tmp_path):
     import keras
 
-    from can_tf.data.pipeline import load_image
+    from can_tf.images import load_image
     from can_tf.models import inference_model
     from can_tf.predictor import Predictor
 
@@ -201,7 +206,7 @@ def test_run_dir_and_keras_file_predict_what_the_model_computes(run_dir, chestxr
     b = from_file.predict_files(paths, batch_size=5).probabilities
     # Reference: the pipeline's pixels, straight into the Keras model (scaling once, in the model).
     model = inference_model(keras.saving.load_model(run_dir / "best.keras", compile=False))
-    pixels = np.stack([load_image(p, 64) for p in paths])
+    pixels = np.stack([load_image(p, 64).pixels for p in paths])
     expected = np.asarray(model(pixels, training=False))
     np.testing.assert_allclose(a, expected, atol=1e-5)
     np.testing.assert_allclose(b, expected, atol=1e-5)
@@ -221,7 +226,7 @@ def test_cli_predict_real_folder_with_a_bad_file(run_dir, chestxray14_dir, tmp_p
     (folder / "corrupt.png").write_bytes(Path(_real_images(chestxray14_dir, 1)[0]).read_bytes()[:500])
     out = tmp_path / "preds.json"
     result = CliRunner().invoke(main, ["predict", str(run_dir), str(folder), "--out", str(out), "--batch-size", "2"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # one file could not be read; the other three are written
     assert "3 of 4 image(s) predicted" in result.output and "corrupt.png" in result.output
     record = json.loads(out.read_text())
     by_name = {Path(r["path"]).name: r for r in record["predictions"]}

@@ -27,7 +27,8 @@ import pandas as pd
 from can_tf.data.errors import DataError, preview
 from can_tf.data.table import (drop_missing_images, make_table, normalise_sex, normalise_view, parse_ages,
                                read_string_table)
-from can_tf.labels import CLASS_NAMES, NO_FINDING
+from can_tf.images import IMAGE_SUFFIXES
+from can_tf.labels import CLASS_NAMES, NO_FINDING, match_class_names
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,6 @@ LABEL_FILE_NAMES = tuple(
     for name in ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
     for suffix in ("", ".gz")
 )
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 REQUIRED_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
 # Optional: a trimmed label file without them still loads (blank view/sex, unknown age).
 VIEW_COLUMN, AGE_COLUMN, SEX_COLUMN = "View Position", "Patient Age", "Patient Gender"
@@ -84,7 +84,7 @@ def find_label_file(root: os.PathLike) -> Path:
     return found[0]
 
 
-def index_images(root: os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> ImageIndex:
+def index_images(root: os.PathLike, extensions: Sequence[str] = IMAGE_SUFFIXES) -> ImageIndex:
     """Walks ``root`` once (breadth first, sorted, hidden folders skipped) and indexes images by name.
 
     Example:
@@ -148,7 +148,7 @@ def parse_label_file(raw: pd.DataFrame, label_file: os.PathLike, images: ImageIn
     where = str(label_file)
     image_index = raw["Image Index"].str.strip()
     patient_id = raw["Patient ID"].str.strip()
-    labels, problems = _parse_findings(raw["Finding Labels"], image_index, class_names, where)
+    labels, problems, class_names = _parse_findings(raw["Finding Labels"], image_index, class_names, where)
 
     blank = (image_index == "").to_numpy()
     if blank.any():
@@ -189,7 +189,7 @@ def parse_label_file(raw: pd.DataFrame, label_file: os.PathLike, images: ImageIn
     paths = image_index.map(images.paths).fillna("")
     table = make_table(image_index, paths, patient_id, labels, class_names, view=view, age=ages, sex=sex)
     table.attrs = {"label_file": where, "image_root": images.root,
-                   "duplicate_images": len(images.duplicates)}
+                   "duplicate_images": len(images.duplicates), "class_names": list(class_names)}
     return table, problems
 
 
@@ -242,15 +242,22 @@ def load_chestxray14(root: Optional[os.PathLike] = None, *, label_file: Optional
 
 # ---- label parsing ------------------------------------------------------------------------------
 def _parse_findings(findings: pd.Series, image_index: pd.Series, class_names: Sequence[str],
-                    where: str) -> tuple[np.ndarray, list]:
-    """Pipe-separated 'Finding Labels' -> multi-hot (rows, classes) float32, plus problems.
+                    where: str) -> tuple[np.ndarray, list, list]:
+    """Pipe-separated 'Finding Labels' -> multi-hot (rows, classes) float32, problems, class names.
+
+    ``class_names`` (``data.class_names``) are matched to the 14 NIH names and any other label the
+    file uses by :func:`can_tf.labels.match_class_names` (``cardiomegaly`` is ``Cardiomegaly``; an
+    unknown name raises naming the closest), and returned spelt as matched.
 
     A label file has a few hundred distinct label strings, so each distinct string is parsed once
     and rows pick their row of the small result by code: no per-row Python work on 112k rows.
     """
+    codes, distinct = pd.factorize(findings.fillna("").astype(str).str.strip())
+    used = {t.strip() for text in distinct for t in text.split("|") if t.strip()} - {NO_FINDING}
+    class_names = match_class_names(class_names, [*CLASS_NAMES, *sorted(used - set(CLASS_NAMES))],
+                                    what=f"data.class_names in {where}")
     known = set(CLASS_NAMES) | set(class_names)
     column = {name: i for i, name in enumerate(class_names)}
-    codes, distinct = pd.factorize(findings.fillna("").astype(str).str.strip())
     table = np.zeros((len(distinct), len(class_names)), dtype=np.float32)
     unknown, blank, contradictory = {}, [], []
     for u, text in enumerate(distinct):
@@ -282,7 +289,7 @@ def _parse_findings(findings: pd.Series, image_index: pd.Series, class_names: Se
         problems.append(LabelProblem(
             "contradictory_labels", f"{where}: {_rows(np.isin(codes, contradictory), image_index)} "
                                     f"list {NO_FINDING!r} together with findings", True))
-    return table[codes], problems
+    return table[codes], problems, class_names
 
 
 def _patient_mismatch(image_index: pd.Series, patient_id: pd.Series) -> np.ndarray:

@@ -80,7 +80,7 @@ def predict_table(predictor, df, class_names: Sequence[str], batch_size: int = 3
     from can_tf.data.pipeline import make_dataset
 
     dataset = make_dataset(df, list(class_names), predictor.image_size, batch_size, training=False,
-                           deterministic=True)
+                           deterministic=True, aspect=predictor.aspect, max_pixels=predictor.max_pixels)
     labels, probs = [], []
     for images, y in dataset:
         probs.append(predictor.predict(images.numpy()))

@@ -32,7 +32,7 @@ from typing import Optional
 
 import numpy as np
 
-from can_tf.inputs import check_finite_pixels
+from can_tf.images import check_pixels
 
 METHODS = ("gradcam", "gradcam++", "scorecam")
 BRANCHES = ("fused", "branch_1", "branch_2")
@@ -144,7 +144,7 @@ class HeatmapExplainer:
 
     def __call__(self, images: np.ndarray, class_index: int) -> np.ndarray:
         """float32 ``(B, S, S, C)`` images in [0, 255] -> float32 ``(B, S, S)`` maps in [0, 1]."""
-        images = check_finite_pixels(images)
+        images = check_pixels(images)
         if not 0 <= class_index < self.num_classes:
             raise ValueError(f"class index {class_index} out of range for {self.num_classes} classes")
         total = None

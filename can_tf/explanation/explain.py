@@ -3,7 +3,9 @@
 :func:`explain_files` is what ``can-tf explain`` runs. Heat maps are computed at the model's input
 size; overlays are drawn on the image as read (full resolution), named after the original file
 (``00000001_000_Cardiomegaly_gradcam.png``). With a box file, each image that has a box of the
-explained class is scored (:mod:`can_tf.explanation.localization`) at the heat map's resolution.
+explained class is scored (:mod:`can_tf.explanation.localization`) at the heat map's resolution;
+``result.box_summary`` says how many inputs have such a box, and when none has,
+``result.localization`` is None and ``result.localization_note`` says so (no table of NaNs).
 
 Box coordinates are scaled from the space they were drawn in: ``box_space="image"`` (default)
 means each image file's own pixels, right for the phantom data and for the NIH release as
@@ -39,6 +41,9 @@ class ExplanationResult:
     records: list  # LocalizationRecord per scored (image, box)
     localization: Optional[object] = None  # pandas DataFrame from localization_table, or None
     localization_path: Optional[Path] = None
+    class_name: str = ""  # the explained class, spelt as the model names it
+    box_summary: Optional[str] = None  # with boxes: how many inputs have a box of the class
+    localization_note: Optional[str] = None  # with boxes but no score: why there is no table
 
 
 def _box_scale(box_space, original: np.ndarray) -> tuple:
@@ -71,16 +76,23 @@ def explain_files(
         model: a run directory or ``.keras`` file (heat maps need the Keras graph), or a loaded
             :class:`can_tf.predictor.Predictor`.
         inputs: image files, folders or CSV lists (see :func:`can_tf.inputs.expand_inputs`).
-        class_name: the class to explain (one of the model's class names).
+        class_name: the class to explain, one of the model's class names (matched as
+            :func:`can_tf.labels.match_class_names` does: ``cardiomegaly`` finds ``Cardiomegaly``).
         method, branch: see :class:`can_tf.explanation.cam.HeatmapExplainer`.
         out_dir: folder for the overlays and ``localization.csv``.
         bbox_file: NIH-format box file; boxes of ``class_name`` are drawn and scored.
         box_space: ``"image"`` (each file's own pixels) or the side in pixels the boxes refer to.
         iou_threshold: heat map fraction of its peak that counts as "hot" for IoU.
         only_with_boxes: explain only the inputs that have a box of ``class_name``.
+
+    Raises:
+        DataError: an unknown class (naming the closest), an unreadable box file, or
+            ``only_with_boxes`` when no input has a box of the class (``nothing written: ...``).
     """
     from can_tf.explanation.cam import HeatmapExplainer
+    from can_tf.data.errors import DataError
     from can_tf.explanation.localization import (
+        BoxCoverage,
         boxes_for,
         localization_table,
         read_boxes,
@@ -88,6 +100,7 @@ def explain_files(
     )
     from can_tf.explanation.overlay import overlay_filename, save_overlay
     from can_tf.inputs import expand_inputs, load_images
+    from can_tf.labels import match_class_names
     from can_tf.predictor import Predictor
 
     if box_space != "image":
@@ -97,26 +110,29 @@ def explain_files(
         except (TypeError, ValueError):
             raise ValueError(f"--bbox-space must be 'image' or a positive number of pixels; got {box_space!r}") from None
     predictor = model if isinstance(model, Predictor) else Predictor.load(model, use_thresholds=False)
-    if class_name not in predictor.class_names:
-        raise ValueError(f"--class {class_name!r} is not one of the model's classes: "
-                         f"{', '.join(predictor.class_names)}")
+    (class_name,) = match_class_names(class_name, predictor.class_names, what="--class")
     class_index = predictor.class_names.index(class_name)
     explainer = HeatmapExplainer(predictor.keras_model, method=method, branch=branch)
 
     paths = expand_inputs(inputs)
-    boxes = None
+    boxes = coverage = None
     if bbox_file is not None:
         boxes = read_boxes(bbox_file)
+        coverage = BoxCoverage.count(boxes, [Path(p).name for p in paths], [class_name], bbox_file)
         boxes = boxes[boxes["finding"] == class_name]
         if only_with_boxes:
             with_box = set(boxes["image_index"])
             paths = [p for p in paths if Path(p).name in with_box]
+            if not paths:
+                raise DataError(coverage.nothing_written())
     out_dir = Path(out_dir)
-    result = ExplanationResult(overlays={}, probabilities={}, errors={}, records=[])
+    result = ExplanationResult(overlays={}, probabilities={}, errors={}, records=[], class_name=class_name,
+                               box_summary=coverage.summary() if coverage is not None else None)
     size = predictor.image_size
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
-        batch = load_images(chunk, size, keep_originals=True)
+        batch = load_images(chunk, size, aspect=predictor.aspect, max_pixels=predictor.max_pixels,
+                            keep_originals=True)
         result.errors.update(batch.errors)
         if batch.paths:
             heatmaps = explainer(batch.images, class_index)
@@ -135,9 +151,12 @@ def explain_files(
                     result.records.append(score_heatmap(image_index, class_name, heatmap, box, iou_threshold))
         if on_batch is not None:
             on_batch(len(chunk))
-    if boxes is not None:
+    if boxes is not None and result.records:
         result.localization = localization_table(result.records)
         result.localization_path = out_dir / "localization.csv"
         out_dir.mkdir(parents=True, exist_ok=True)
         result.localization.to_csv(result.localization_path, index=False, float_format="%.4f")
+    elif boxes is not None:
+        result.localization_note = coverage.no_scores() or (
+            f"no localisation scores: no image with a box of {class_name} could be read")
     return result

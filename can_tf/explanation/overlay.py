@@ -18,6 +18,8 @@ from typing import Iterable, Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
+from can_tf.images import IMAGE_SUFFIXES
+
 # File-name-safe spelling of each method (``+`` is legal in names but awkward in shells).
 _METHOD_TOKENS = {"gradcam": "gradcam", "gradcam++": "gradcampp", "scorecam": "scorecam"}
 
@@ -26,7 +28,7 @@ def overlay_filename(image_path: str | Path, class_name: str, method: str,
                      branch: str = "fused") -> str:
     """``<stem>_<class>_<method>[_<branch>].png``; the fused output carries no branch suffix."""
     stem = Path(image_path).name
-    for suffix in (".gz", ".dcm", ".png", ".jpg", ".jpeg"):
+    for suffix in (".gz", *IMAGE_SUFFIXES):
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
     token = _METHOD_TOKENS.get(method, method)

@@ -4,14 +4,18 @@ The export is a ``tf.Module`` (not ``keras.Model.export``, which writes every va
 holds the weights the fused output needs exactly once and no optimizer state. Its signatures:
 
 - ``serving_default``: ``image_bytes`` tf.string ``(B,)``, PNG or JPEG of any size, gray or colour,
-  8- or 16-bit. Each image's header is read first and an image whose width x height exceeds
-  ``max_pixels`` is refused with an ``InvalidArgumentError`` ("image too large ...") before anything
-  is decompressed (a decompression bomb is a few KB of PNG that inflates to gigabytes). Decoding,
-  reduction to gray and the antialiased resize are the training pipeline's own function
-  (:func:`can_tf.data.pipeline.decode_and_resize`), traced into the graph.
-- ``serving_images``: ``images`` float32 ``(B, H, W, 1 or 3)`` in [0, 255], any ``H, W``.
+  8- or 16-bit. Each image passes the image door's checks inside the graph before anything is
+  decompressed (:func:`can_tf.images.checked_decode`): an empty, unknown, truncated or DICOM file,
+  or one whose header claims more than ``max_pixels`` pixels (a decompression bomb is a few KB of
+  PNG that inflates to gigabytes), is refused with an ``InvalidArgumentError`` whose message holds
+  ``request image <i>: <reason>``, the reason in the same words as ``can-tf predict`` and the edge
+  script. Decoding, gray, the run's ``data.aspect`` policy and the antialiased resize are the
+  training pipeline's own functions, traced into the graph.
+- ``serving_images``: ``images`` float32 ``(B, H, W, 1 or 3)`` in [0, 255], any ``H, W`` (the same
+  aspect policy and resize); pixels that are not finite or look wrongly scaled ([0, 1], [-1, 1],
+  above 255) are refused (:func:`can_tf.images.assert_pixels`).
 - ``metadata``: no inputs; ``class_names`` ``(C,)``, ``thresholds`` ``(C,)`` (NaN when the run had
-  none), ``image_size`` and ``max_pixels``.
+  none), ``image_size``, ``max_pixels`` and ``aspect``.
 
 Both image signatures return ``probabilities`` and ``logits`` float32 ``(B, C)``. The export's
 ``assets/`` hold ``labels.txt`` (one class a line, output order), ``thresholds.json`` when the run
@@ -47,90 +51,10 @@ from can_tf.export.verify import VerificationError, VerificationReport, describe
 from can_tf.export.versioning import ExportError
 from can_tf.files import (make_folders, remove_empty_folders, remove_stale_temporaries, staging_folder,
                           write_json)
+from can_tf.images import DEFAULT_MAX_PIXELS, checked_decode, pixels_to_model_input
 from can_tf.provenance import phantom_warning
 
 PathLike = Union[str, os.PathLike]
-
-# 40 megapixels: twice a 4300 x 4300 detector, the largest digital radiographs. The pipeline decodes
-# PNG as uint16 and converts to float32, so an RGBA image at the limit still needs under 1 GB.
-DEFAULT_MAX_PIXELS = 40_000_000
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_JPEG_SOI = b"\xff\xd8\xff"
-
-
-def image_header_size(image_bytes: tf.Tensor) -> tf.Tensor:
-    """``[height, width]`` int64 of one encoded PNG/JPEG, read from its header without decoding.
-
-    PNG: the IHDR chunk, which the format requires first (width and height are big-endian uint32
-    at bytes 16-23). JPEG: the start-of-frame marker, via ``tf.io.extract_jpeg_shape``. Anything
-    else fails an assertion that names the accepted formats.
-    """
-    length = tf.strings.length(image_bytes)
-    is_png = tf.logical_and(length >= 24, tf.equal(tf.strings.substr(image_bytes, 0, 8), _PNG_SIGNATURE))
-    is_jpeg = tf.equal(tf.strings.substr(image_bytes, 0, 3), _JPEG_SOI)
-
-    def png_size():
-        header = tf.cast(tf.io.decode_raw(tf.strings.substr(image_bytes, 16, 8), tf.uint8), tf.int64)
-        width = header[0] * 2**24 + header[1] * 2**16 + header[2] * 2**8 + header[3]
-        height = header[4] * 2**24 + header[5] * 2**16 + header[6] * 2**8 + header[7]
-        return tf.stack([height, width])
-
-    def jpeg_size():
-        return tf.cast(tf.io.extract_jpeg_shape(image_bytes)[:2], tf.int64)
-
-    def unknown():
-        check = tf.debugging.Assert(False, ["image is not a PNG or JPEG file (by its first bytes)"])
-        with tf.control_dependencies([check]):
-            return tf.constant([-1, -1], tf.int64)
-
-    return tf.cond(is_png, png_size, lambda: tf.cond(is_jpeg, jpeg_size, unknown))
-
-
-def guarded_preprocess(image_bytes: tf.Tensor, image_size: int, max_pixels: int) -> tf.Tensor:
-    """One encoded image -> float32 ``(S, S, 1)`` in [0, 255], refusing oversized images undecoded.
-
-    After the size check this is exactly the training pipeline's
-    :func:`can_tf.data.pipeline.decode_and_resize` (decode, gray, antialiased resize, rounding).
-    """
-    from can_tf.data.pipeline import decode_and_resize
-
-    size = image_header_size(image_bytes)
-    pixels = size[0] * size[1]
-    check = tf.debugging.Assert(
-        tf.logical_and(pixels <= max_pixels, tf.reduce_all(size > 0)),
-        ["image too large to decode safely (decompression-bomb guard): its header says height x width =",
-         size[0], "x", size[1], "=", pixels, "pixels; the limit is", tf.constant(max_pixels, tf.int64)],
-        summarize=4,
-    )
-    # The decode must wait for the check: ops without a data dependency may run in any order.
-    with tf.control_dependencies([check]):
-        image_bytes = tf.identity(image_bytes)
-    return tf.cast(decode_and_resize(image_bytes, image_size), tf.float32)
-
-
-def images_to_model_input(images: tf.Tensor, image_size: int) -> tf.Tensor:
-    """float32 ``(B, H, W, 1 or 3)`` in [0, 255] -> ``(B, S, S, 1)`` with the pipeline's gray values.
-
-    The same luminance weights, antialiased bilinear resize and rounding as
-    :func:`can_tf.data.pipeline.decode_and_resize`, applied to pixels that are already decoded;
-    an image already ``S`` x ``S`` with integer values passes through unchanged.
-    """
-    from can_tf.data.pipeline import resize_gray, to_gray
-
-    images = tf.convert_to_tensor(images, tf.float32)
-    # Refused here, not left to a pooling kernel (whether a NaN reaches the output depends on the CPU).
-    images = tf.debugging.assert_all_finite(images, "serving_images: pixel values must be finite (no NaN or inf)")
-    channels = tf.shape(images)[-1]
-    check = tf.debugging.Assert(
-        tf.logical_or(tf.equal(channels, 1), tf.equal(channels, 3)),
-        ["images must have 1 (gray) or 3 (RGB) channels, got", channels],
-    )
-    with tf.control_dependencies([check]):
-        gray = to_gray(images)
-    gray = tf.ensure_shape(gray, [None, None, None, 1])
-    return resize_gray(gray, image_size)
-
 
 class ServingModule(tf.Module):
     """The exported object: the fused-logits graph's variables (once) and the serving functions.
@@ -142,6 +66,7 @@ class ServingModule(tf.Module):
         image_size: ``S``.
         thresholds: per-class thresholds or None.
         max_pixels: the decompression-bomb limit of the bytes signature.
+        aspect: how non-square images are made square (``data.aspect``).
         assets: ``{file name: path}`` of files to carry in the export's ``assets/``.
 
     Example:
@@ -150,7 +75,7 @@ class ServingModule(tf.Module):
     """
 
     def __init__(self, logits_model, class_names, image_size: int, thresholds=None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, assets: Optional[dict] = None):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, aspect: str = "stretch", assets: Optional[dict] = None):
         super().__init__(name="can_tf_serving")
         self.assets = {name: tf.saved_model.Asset(str(path)) for name, path in (assets or {}).items()}
         num_classes = len(class_names)
@@ -167,8 +92,13 @@ class ServingModule(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
                      autograph=False)
         def serve_bytes(image_bytes):
+            def one(item):
+                contents, index = item
+                label = tf.strings.format("request image {}: ", index)
+                return checked_decode(contents, image_size, aspect, max_pixels, label)
+
             batch = tf.map_fn(
-                lambda b: guarded_preprocess(b, image_size, max_pixels), image_bytes,
+                one, (image_bytes, tf.range(tf.shape(image_bytes)[0])),
                 fn_output_signature=tf.TensorSpec([image_size, image_size, 1], tf.float32),
             )
             return outputs(batch)
@@ -176,7 +106,7 @@ class ServingModule(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.float32, name="images")],
                      autograph=False)
         def serve_images(images):
-            return outputs(images_to_model_input(images, image_size))
+            return outputs(pixels_to_model_input(images, image_size, aspect))
 
         @tf.function(input_signature=[], autograph=False)
         def metadata():
@@ -185,6 +115,7 @@ class ServingModule(tf.Module):
                 "thresholds": tf.constant(thresholds, tf.float32),
                 "image_size": tf.constant(image_size, tf.int32),
                 "max_pixels": tf.constant(max_pixels, tf.int64),
+                "aspect": tf.constant(aspect, tf.string),
             }
 
         self.serve_bytes, self.serve_images, self.metadata = serve_bytes, serve_images, metadata
@@ -226,7 +157,7 @@ def export_saved_model(
     images=None,
     *,
     num_images: int = 8,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: Optional[int] = None,
     atol: float = 1e-4,
 ) -> SavedModelExport:
     """Exports, verifies in a fresh process and publishes ``<base_dir>/<name>/<version>/``.
@@ -238,7 +169,8 @@ def export_saved_model(
         version: a positive integer; default: one more than the highest existing version.
         images: real images to verify on (folder, image, ``.txt`` list or list of paths);
             default: ``num_images`` from the run's training split.
-        max_pixels: images whose header claims more pixels are refused by ``serving_default``.
+        max_pixels: images whose header claims more pixels are refused by ``serving_default``;
+            default: the run's ``data.max_pixels``.
         atol: largest accepted absolute difference from the Keras model's probabilities.
 
     Returns:
@@ -273,7 +205,8 @@ def export_saved_model(
         asset_dir = staging_folder(model_dir, "assets")
         module = ServingModule(
             source.logits_model(), source.class_names, source.image_size, source.thresholds,
-            max_pixels=max_pixels, assets=_write_assets(source, asset_dir),
+            max_pixels=source.max_pixels if max_pixels is None else int(max_pixels), aspect=source.aspect,
+            assets=_write_assets(source, asset_dir),
         )
         tf.saved_model.save(module, str(staging), signatures=module.signatures())
         versioning.discard(asset_dir)

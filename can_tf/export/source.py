@@ -26,10 +26,10 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from can_tf.export.versioning import ExportError
+from can_tf.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
+from can_tf.runtime import load_keras_model
 
 PathLike = Union[str, os.PathLike]
-
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 @dataclasses.dataclass
@@ -46,6 +46,8 @@ class ExportSource:
         config_path: the run's ``config.yaml``, copied into SavedModel exports when known.
         run_dir: the run directory, when the model came from one (its split gives sample images).
         provenance: where the model comes from (data, splits, preset, epoch, versions), or None.
+        aspect: how non-square images are made square (the run's ``data.aspect``).
+        max_pixels: the largest image accepted (the run's ``data.max_pixels``).
     """
 
     model: object
@@ -57,6 +59,8 @@ class ExportSource:
     run_dir: Optional[Path] = None
     model_path: Optional[Path] = None
     provenance: Optional[dict] = None  # the run's record (can_tf.provenance), carried into every export
+    aspect: str = "stretch"
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def threshold_set(self):
         """The thresholds as a :class:`~can_tf.evaluation.thresholds.Thresholds` (what every export
@@ -114,9 +118,9 @@ class ExportSource:
         import keras
         import tensorflow as tf
 
-        from can_tf.inputs import check_finite_pixels
+        from can_tf.images import check_pixels
 
-        images = check_finite_pixels(images)
+        images = check_pixels(images)
         if getattr(self, "_reference", None) is None:
             from can_tf.models import inference_model
 
@@ -185,7 +189,7 @@ def load_source(path: PathLike) -> ExportSource:
         raise ExportError(f"{path} does not exist; give a run directory or a .keras file")
     else:
         raise ExportError(f"{path} is not a run directory or a .keras file")
-    model = load_keras_model(model_path)
+    model = load_keras_model(model_path, error=ExportError)  # the runtime's loader, export's error
     source = ExportSource.from_model(model)
     source.model_path = model_path
     if run is not None:
@@ -201,6 +205,7 @@ def load_source(path: PathLike) -> ExportSource:
             raise ExportError(f"cannot use run {run.root}: {e}") from None
         source.run_dir, source.config_path = run.root, run.config_path
         source.class_names = list(config.data.class_names)
+        source.aspect, source.max_pixels = config.data.aspect, config.data.max_pixels
         if config.data.image_size != source.image_size:
             raise ExportError(
                 f"{run.config_path} says data.image_size={config.data.image_size} but {model_path} takes "
@@ -212,18 +217,6 @@ def load_source(path: PathLike) -> ExportSource:
             source._threshold_set = thresholds
     source.logits_model()  # checks the outputs against the class names now, not mid-export
     return source
-
-
-def load_keras_model(path: PathLike):
-    """Loads a ``.keras`` file with can-tf's custom layers registered, without compiling it."""
-    import keras
-
-    import can_tf.models  # noqa: F401  registers the custom layers and models for deserialisation
-
-    try:
-        return keras.saving.load_model(str(path), compile=False)
-    except Exception as e:  # Keras raises ValueError, TypeError, OSError, zipfile errors...
-        raise ExportError(f"cannot load the Keras model {path}: {type(e).__name__}: {e}") from None
 
 
 @dataclasses.dataclass
@@ -244,15 +237,15 @@ def image_paths(spec: Union[PathLike, Sequence[PathLike]]) -> list:
     """Image files from a folder (recursively, sorted), one image, a ``.txt`` list, or a list.
 
     Raises:
-        ExportError: naming the path when it holds no PNG/JPEG images or does not exist.
+        ExportError: naming the path when it holds no images or does not exist.
     """
     if isinstance(spec, (list, tuple)):
         return [Path(p) for p in spec]
     spec = Path(spec)
     if spec.is_dir():
-        found = sorted(p for p in spec.rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+        found = sorted(p for p in spec.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not found:
-            raise ExportError(f"{spec} holds no PNG/JPEG images")
+            raise ExportError(f"{spec} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         return found
     if spec.is_file() and spec.suffix.lower() == ".txt":
         lines = [line.strip() for line in spec.read_text().splitlines() if line.strip()]
@@ -281,7 +274,8 @@ def sample_images(source: ExportSource, images=None, *, limit: int = 8, split: s
     paths = paths[:limit]
     if not paths:
         raise ExportError("no images to check the export on")
-    return SampleImages(paths=paths, images=preprocess_files(paths, source.image_size))
+    return SampleImages(paths=paths, images=preprocess_files(
+        paths, source.image_size, aspect=source.aspect, max_pixels=source.max_pixels))
 
 
 def _run_split_paths(source: ExportSource, split: str) -> list:
@@ -301,16 +295,20 @@ def _run_split_paths(source: ExportSource, split: str) -> list:
     return [Path(p) for p in frame["path"]]
 
 
-def preprocess_files(paths: Sequence[PathLike], image_size: int) -> np.ndarray:
-    """Encoded image files -> float32 ``(N, S, S, 1)`` through the training pipeline's own function."""
-    import tensorflow as tf
+def preprocess_files(paths: Sequence[PathLike], image_size: int, *, aspect: str = "stretch",
+                     max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Image files -> float32 ``(N, S, S, 1)`` through the image door (:func:`can_tf.images.load_image`).
 
-    from can_tf.data.pipeline import load_image
+    Raises:
+        ExportError: naming the first file that cannot be read and why.
+    """
+    from can_tf.errors import ImageError
+    from can_tf.images import load_image
 
     out = []
     for path in paths:
         try:
-            out.append(load_image(path, image_size))
-        except tf.errors.OpError as e:
-            raise ExportError(f"cannot read image {path}: {e.message.strip().splitlines()[0]}") from None
+            out.append(load_image(path, image_size, aspect=aspect, max_pixels=max_pixels).pixels)
+        except ImageError as e:
+            raise ExportError(str(e)) from None
     return np.stack(out).astype(np.float32)

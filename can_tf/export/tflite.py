@@ -43,8 +43,9 @@ from can_tf.export.source import ExportSource, load_source, sample_images
 from can_tf.export.verify import describe_images
 from can_tf.export.versioning import ExportError
 from can_tf.files import make_folders, remove_empty_folders, remove_stale_temporaries
-from can_tf.inputs import check_finite_pixels
+from can_tf.images import check_pixels
 from can_tf.provenance import phantom_warning
+from can_tf.runtime import LiteRTRuntime, quantize
 
 PathLike = Union[str, os.PathLike]
 
@@ -98,10 +99,13 @@ def convert_tflite(source: ExportSource, quantize: str = "none", uint8_input: bo
             raise ExportError("--quantize int8 needs real calibration images "
                               "(the run's train split or --calibration-data)")
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        samples = _as_input(calibration, uint8_input)
+        samples = _pixels(calibration, uint8_input)
         converter.representative_dataset = lambda: ([samples[i:i + 1]] for i in range(len(samples)))
+    from can_tf.logs import native_logs_captured
+
     try:
-        return converter.convert()
+        with native_logs_captured():  # the converter's C++ log lines: shown only if it fails (or -v)
+            return converter.convert()
     except Exception as e:  # the converter raises ConverterError and a few others
         import tempfile
 
@@ -112,8 +116,7 @@ def convert_tflite(source: ExportSource, quantize: str = "none", uint8_input: bo
 
 def tflite_ops(model: Union[bytes, PathLike]) -> list:
     """The sorted op names a TFLite model runs (``DELEGATE`` excluded: that is the CPU delegate)."""
-    interpreter = _interpreter(model)
-    return sorted({op["op_name"] for op in interpreter._get_ops_details()} - {"DELEGATE"})
+    return LiteRTRuntime(model).ops()
 
 
 def flex_ops(model: Union[bytes, PathLike]) -> list:
@@ -124,32 +127,19 @@ def flex_ops(model: Union[bytes, PathLike]) -> list:
     return [op for op in tflite_ops(model) if op.startswith("Flex") or op not in builtin]
 
 
-def run_tflite(model: Union[bytes, PathLike], images: np.ndarray) -> np.ndarray:
-    """Runs a TFLite model one image at a time; ``images`` float32 ``(N, S, S, 1)`` in [0, 255]."""
-    interpreter = _interpreter(model)
-    interpreter.allocate_tensors()
-    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
-    images = _as_input(check_finite_pixels(images), inp["dtype"] == np.uint8)
-    results = []
-    for image in images:
-        interpreter.set_tensor(inp["index"], image[None])
-        interpreter.invoke()
-        results.append(interpreter.get_tensor(out["index"])[0].astype(np.float32))
-    return np.stack(results)
+def run_tflite(model: Union[bytes, PathLike], images: np.ndarray, batch_size: int = 1) -> np.ndarray:
+    """Runs a TFLite model in :class:`~can_tf.runtime.LiteRTRuntime`, by default one image at a
+    time as a phone does (the exported shape); ``images`` float32 ``(N, S, S, 1)`` in [0, 255]."""
+    runtime = LiteRTRuntime(model)
+    images = check_pixels(np.asarray(images, np.float32))  # the whole batch: errors name the index
+    if not len(images):
+        return runtime.predict(images)
+    return np.concatenate([runtime.predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
-def _interpreter(model):
-    from ai_edge_litert.interpreter import Interpreter
-
-    if isinstance(model, (bytes, bytearray)):
-        return Interpreter(model_content=bytes(model))
-    return Interpreter(model_path=str(model))
-
-
-def _as_input(images: np.ndarray, uint8: bool) -> np.ndarray:
+def _pixels(images: np.ndarray, uint8: bool) -> np.ndarray:
     # uint8 models see the pixels rounded to integers; the Keras reference is given the same.
-    images = np.asarray(images, np.float32)
-    return np.clip(np.round(images), 0, 255).astype(np.uint8) if uint8 else images
+    return quantize(images, np.uint8 if uint8 else np.float32)
 
 
 @dataclasses.dataclass
@@ -188,6 +178,7 @@ def export_tflite(
     num_verify: int = 8,
     overwrite: bool = False,
     tolerance: Optional[float] = None,
+    max_pixels: Optional[int] = None,
 ) -> TFLiteExport:
     """Converts, checks and publishes ``<out_dir>/<name>_<quantize>[_uint8].tflite``.
 
@@ -203,6 +194,8 @@ def export_tflite(
         num_verify: images the result is compared with Keras on.
         overwrite: replace existing files; without it an existing ``.tflite`` is an error.
         tolerance: allowed max absolute error; default from :data:`TOLERANCES`.
+        max_pixels: the image size limit written for the edge script; default: the run's
+            ``data.max_pixels``.
 
     Raises:
         ExportError: the file exists, conversion needs non-builtin ops, the check failed, or the
@@ -221,7 +214,7 @@ def export_tflite(
     if target.exists() and not overwrite:
         raise ExportError(f"{target} already exists; pass --overwrite to replace it")
     samples = sample_images(source, images, limit=max(num_calibration, num_verify))
-    check_images = _as_input(samples.images[:num_verify], uint8_input).astype(np.float32)
+    check_images = _pixels(samples.images[:num_verify], uint8_input).astype(np.float32)
     expected = source.probabilities(np.repeat(check_images, 3, -1) if source.input_channels == 3 else check_images)
 
     model = convert_tflite(source, quantize, uint8_input, calibration=samples.images[:num_calibration])
@@ -241,7 +234,8 @@ def export_tflite(
 
     remove_stale_temporaries(out_dir)  # temporary files of killed exports
     created_folders, created_files = [], []
-    companions = _companions(source, stem, quantize, uint8_input, overwrite, provenance)
+    max_pixels = source.max_pixels if max_pixels is None else int(max_pixels)
+    companions = _companions(source, stem, quantize, uint8_input, overwrite, provenance, max_pixels)
 
     def write(tmp):
         # The companions go in before the model is moved into place, so a published model always has them.
@@ -274,7 +268,7 @@ def export_tflite(
                         ops=tflite_ops(model), images=checked_on, provenance=provenance)
 
 
-def _companions(source, stem, quantize, uint8_input, overwrite, provenance) -> dict:
+def _companions(source, stem, quantize, uint8_input, overwrite, provenance, max_pixels) -> dict:
     """``{file name: (text, replace if it exists)}`` of the files that travel with ``<stem>.tflite``."""
     files = {"labels.txt": ("".join(f"{n}\n" for n in source.class_names), overwrite)}
     if source.threshold_set() is not None:
@@ -284,7 +278,9 @@ def _companions(source, stem, quantize, uint8_input, overwrite, provenance) -> d
         "input": {"shape": [1, source.image_size, source.image_size, 1],
                   "dtype": "uint8" if uint8_input else "float32", "channels": 1, "color": "grayscale",
                   "scaling": "raw pixel values 0-255 (the model normalises internally)",
-                  "resize": "antialiased bilinear to the input size"},
+                  "resize": "antialiased bilinear to the input size",
+                  # The image door's rules (can_tf.images), which exports/tflite/edge_infer.py follows.
+                  "aspect": source.aspect, "max_pixels": max_pixels},
         "output": {"name": "probabilities", "shape": [1, len(source.class_names)], "activation": "sigmoid"},
         "quantize": quantize,
         "labels": "labels.txt",

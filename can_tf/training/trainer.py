@@ -197,7 +197,8 @@ def _train_in(run: Run, config, info, policy, extra_callbacks, *, checkpoint_dir
     steps_per_epoch = tc.steps_per_epoch or max(1, n_train // global_batch)
     data_kwargs = dict(class_names=class_names, image_size=config.data.image_size,
                        deterministic=config.data.deterministic, seed=config.data.seed,
-                       on_bad_image=config.data.on_bad_image)
+                       on_bad_image=config.data.on_bad_image, aspect=config.data.aspect,
+                       max_pixels=config.data.max_pixels)
 
     # ---- model ----
     from can_tf.models import build_model
