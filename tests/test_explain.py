@@ -299,7 +299,8 @@ def test_trained_phantom_model_looks_inside_the_planted_box(tmp_path):
 
     data = write_phantom(tmp_path / "train", num_patients=240, image_size=64, seed=0)
     config = RunConfig.resolve(preset="small", overrides=[
-        f"data.source={data}", "train.epochs=8", f"train.run_dir={tmp_path / 'run'}", "train.verbose=0"])
+        f"data.source={data}", "train.epochs=8", f"train.run_dir={tmp_path / 'run'}", "train.verbose=0",
+        "train.deterministic=true"])  # the same model every run: hit rates vary by run otherwise
     train(config)
     fresh = write_phantom(tmp_path / "fresh", num_patients=80, image_size=64, seed=1)
     for finding in ("Cardiomegaly", "Effusion"):
@@ -307,7 +308,8 @@ def test_trained_phantom_model_looks_inside_the_planted_box(tmp_path):
                                bbox_file=fresh / "BBox_List_2017.csv", only_with_boxes=True)
         row = result.localization.set_index("finding").loc[finding]
         assert row["boxes"] >= 10, finding
-        # Measured: Cardiomegaly 14/14 hits vs 7 % chance, Effusion 20/24 vs 7 % (8 epochs, 240 patients).
+        # Measured (deterministic, 8 epochs, 240 patients): Cardiomegaly 11/13 hits vs 7 % chance, Effusion
+        # 17/18 vs 7 %. Without train.deterministic, Effusion ranged down to 9/18 between runs.
         assert row["hit_rate"] > 4 * row["chance"], (finding, row.to_dict())
         assert row["hit_rate"] > 0.5, (finding, row.to_dict())
 
