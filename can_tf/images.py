@@ -453,6 +453,25 @@ def apply_aspect(gray, aspect: str = "stretch"):
     return tf.pad(gray, paddings)
 
 
+def aspect_window(height: int, width: int, aspect: str) -> tuple:
+    """``(top, left, side)``: where the square the model sees lies in the decoded image's pixels.
+
+    ``crop``: the kept square (offsets >= 0); ``pad``: the black-bordered square (offsets <= 0);
+    ``stretch``: None, as the image is scaled by a different factor on each axis. A point ``(x, y)``
+    of the file (a box corner, say) is at ``(x - left, y - top)`` of that square.
+
+    Example:
+        >>> aspect_window(400, 512, "pad"), aspect_window(400, 512, "crop")
+        ((-56, 0, 512), (0, 56, 400))
+    """
+    check_aspect(aspect)
+    if aspect == "stretch":
+        return None
+    side = min(height, width) if aspect == "crop" else max(height, width)
+    sign = 1 if aspect == "crop" else -1
+    return sign * (abs(height - side) // 2), sign * (abs(width - side) // 2), side
+
+
 def resize_gray(gray, image_size: int):
     """float32 gray ``(..., H, W, 1)`` -> ``(..., S, S, 1)``: antialiased bilinear, rounded to [0, 255]."""
     import tensorflow as tf
@@ -604,6 +623,7 @@ class LoadedImage:
     # uint8 gray at full resolution, for overlays: the image as decoded, padded or cropped by the
     # aspect policy, so that it covers exactly what the model saw.
     original: Optional[np.ndarray] = None
+    size: tuple = ()  # (height, width) of the file's pixels as decoded, before the aspect policy
 
 
 def load_image(path: PathLike, image_size: int, *, aspect: str = "stretch",
@@ -624,7 +644,7 @@ def load_image(path: PathLike, image_size: int, *, aspect: str = "stretch",
     original = None
     if keep_original:
         original = np.clip(np.round(apply_aspect(gray, aspect).numpy()[..., 0]), 0, 255).astype(np.uint8)
-    return LoadedImage(pixels=pixels, original=original)
+    return LoadedImage(pixels=pixels, original=original, size=(header.height, header.width))
 
 
 @functools.lru_cache(maxsize=None)

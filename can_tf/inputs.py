@@ -105,8 +105,9 @@ class ImageBatch:
 
     paths: list  # the paths whose images are in ``images``
     images: np.ndarray  # float32 (B, S, S, 1) in [0, 255]
-    originals: list  # uint8 (H, W) arrays as read, for overlays
+    originals: list  # uint8 arrays at full resolution, made square as the model saw them, for overlays
     errors: dict  # path -> reason
+    sizes: list = dataclasses.field(default_factory=list)  # (height, width) of each file as decoded
 
 
 def load_images(paths: Sequence[str], image_size: int, *, aspect: str = "stretch",
@@ -134,14 +135,16 @@ def load_images(paths: Sequence[str], image_size: int, *, aspect: str = "stretch
             results = list(pool.map(read, paths))
     else:
         results = [read(p) for p in paths]
-    good, images, originals, errors = [], [], [], {}
+    good, images, originals, sizes, errors = [], [], [], [], {}
     for path, (loaded, error) in zip(paths, results):
         if error is not None:
             errors[path] = error
             continue
         good.append(path)
         images.append(loaded.pixels)
+        sizes.append(loaded.size)
         if keep_originals:
             originals.append(loaded.original)
     stacked = np.stack(images) if images else np.zeros((0, image_size, image_size, 1), np.float32)
-    return ImageBatch(paths=good, images=stacked.astype(np.float32), originals=originals, errors=errors)
+    return ImageBatch(paths=good, images=stacked.astype(np.float32), originals=originals, errors=errors,
+                      sizes=sizes)

@@ -190,6 +190,7 @@ def test_edge_script_agrees_on_probabilities_and_reasons(exports, predictions, c
     run = _edge(exports["none"], files)
     assert run.returncode == 1, run.stderr
     assert "Traceback" not in run.stdout + run.stderr
+    assert "XNNPACK" not in run.stderr  # LiteRT's own log line is kept out of the script's output
     records = {r["image"]: r for r in map(json.loads, run.stdout.splitlines())}
     assert set(records) == set(files)
     for path, reason in bad.items():
@@ -221,3 +222,15 @@ def test_wrongly_scaled_arrays_are_refused_by_predict_and_serving_images(exports
             signature(images=tf.constant(images))
         reason = door.reason_in(str(error.value))
         assert reason.startswith("the image at batch index 0 ") and words in reason, reason
+
+
+def test_boxes_move_with_the_aspect_policy():
+    from can_tf.explanation.explain import _boxes_on_square
+    from can_tf.explanation.localization import Box
+
+    box = Box(10, 20, 30, 40)  # in the pixels of a 400 (high) x 512 (wide) file
+    assert _boxes_on_square([box], "image", (400, 512), "stretch") == [box]
+    assert _boxes_on_square([box], "image", (400, 512), "pad") == [Box(10, 76, 30, 40)]  # 56 rows above
+    assert _boxes_on_square([box], "image", (400, 512), "crop") == [Box(-46, 20, 30, 40)]  # 56 columns cut
+    # Boxes drawn on a 1024 px copy of a 512 px square file: halved, then placed.
+    assert _boxes_on_square([box], 1024, (512, 512), "pad") == [Box(5, 10, 15, 20)]

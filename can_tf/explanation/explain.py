@@ -11,6 +11,8 @@ Box coordinates are scaled from the space they were drawn in: ``box_space="image
 means each image file's own pixels, right for the phantom data and for the NIH release as
 published (1024 px images, boxes in 1024 px). For copies resized after the boxes were drawn (the
 512 px NIH sample beside this project), give the side the boxes refer to: ``box_space=1024``.
+A model trained with ``data.aspect=pad`` or ``crop`` saw a non-square file as a padded or cropped
+square; its overlays show that square and the boxes move with it (:func:`can_tf.images.aspect_window`).
 
 Example:
     >>> from can_tf.explanation.explain import explain_files
@@ -27,6 +29,9 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
+
+from can_tf.explanation.localization import Box
+from can_tf.images import aspect_window
 
 PathLike = Union[str, os.PathLike]
 
@@ -46,13 +51,17 @@ class ExplanationResult:
     localization_note: Optional[str] = None  # with boxes but no score: why there is no table
 
 
-def _box_scale(box_space, original: np.ndarray) -> tuple:
-    """``(width, height)`` of the pixel space the image's boxes are in."""
-    if box_space != "image":
-        side = float(box_space)
-        return side, side
-    height, width = original.shape
-    return float(width), float(height)
+def _boxes_on_square(boxes, box_space, decoded: tuple, aspect: str) -> list:
+    """Boxes drawn in ``box_space`` moved into the pixels of the overlay's image: the file as decoded
+    (height, width ``decoded``), padded or cropped by the model's aspect policy."""
+    height, width = decoded
+    side_x, side_y = (float(box_space),) * 2 if box_space != "image" else (float(width), float(height))
+    on_file = [b.scaled(width / side_x, height / side_y) for b in boxes]
+    window = aspect_window(height, width, aspect)
+    if window is None:  # stretch: the overlay is the file itself
+        return on_file
+    top, left, _ = window
+    return [Box(b.x - left, b.y - top, b.w, b.h) for b in on_file]
 
 
 def explain_files(
@@ -137,12 +146,13 @@ def explain_files(
         if batch.paths:
             heatmaps = explainer(batch.images, class_index)
             probabilities = predictor.predict(batch.images)[:, class_index]
-            for path, original, heatmap, probability in zip(batch.paths, batch.originals, heatmaps, probabilities):
+            for path, original, decoded, heatmap, probability in zip(batch.paths, batch.originals, batch.sizes,
+                                                                      heatmaps, probabilities):
                 image_index = Path(path).name
                 image_boxes = boxes_for(boxes, image_index) if boxes is not None else []
-                width, height = _box_scale(box_space, original)
-                on_original = [b.scaled(original.shape[1] / width, original.shape[0] / height) for b in image_boxes]
-                on_heatmap = [b.scaled(size / width, size / height) for b in image_boxes]
+                on_original = _boxes_on_square(image_boxes, box_space, decoded, predictor.aspect)
+                side_y, side_x = original.shape
+                on_heatmap = [b.scaled(size / side_x, size / side_y) for b in on_original]
                 target = out_dir / overlay_filename(path, class_name, method, branch)
                 save_overlay(target, original, heatmap, boxes=on_original)
                 result.overlays[path] = target

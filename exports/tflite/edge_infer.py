@@ -25,8 +25,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -304,10 +307,13 @@ class Model:
         except ImportError:
             raise UsageError("edge_infer needs ai-edge-litert: pip install ai-edge-litert") from None
         try:
-            self.interpreter = Interpreter(model_path=str(model_path), num_threads=threads)
-            self.interpreter.allocate_tensors()
+            with _runtime_log_hidden() as hidden:  # LiteRT's "INFO: Created ... XNNPACK delegate" line
+                self.interpreter = Interpreter(model_path=str(model_path), num_threads=threads)
+                self.interpreter.allocate_tensors()
         except Exception as exc:  # not a flatbuffer, unsupported ops, ...
-            raise UsageError(f"cannot load model {model_path}: {type(exc).__name__}: {exc}") from None
+            log = " ".join("".join(hidden).split())
+            raise UsageError(f"cannot load model {model_path}: {type(exc).__name__}: {exc}"
+                             + (f" (LiteRT: {log})" if log else "")) from None
         inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
             raise UsageError(f"{model_path}: expected one input and one output, "
@@ -347,6 +353,23 @@ def run(model_path: Path, image_path: Path, threads: int = 2) -> dict:
 
 
 # ---- command line ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _runtime_log_hidden():
+    """File descriptor 2 (where LiteRT's C++ code logs) sent to a temporary file inside the block;
+    yields a list that holds the captured text afterwards, for the message when the block failed."""
+    sys.stderr.flush()
+    saved, captured = os.dup(2), []
+    with tempfile.TemporaryFile(mode="w+") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            log.seek(0)
+            captured.append(log.read())
+
+
 def _print_result(result: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(result), flush=True)
