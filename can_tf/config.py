@@ -42,7 +42,7 @@ class DataConfig:
     """
 
     source: Optional[str] = None
-    format: str = "auto"  # auto | chestxray14 | csv
+    format: str = "auto"  # auto | one of can_tf.data.table.READERS (chestxray14, csv, chexpert, mimic, ...)
     label_file: Optional[str] = None  # ChestX-ray14: overrides the Data_Entry file found in source
     image_root: Optional[str] = None  # where images live if not below source
     path_column: str = "path"  # CSV mode
@@ -68,11 +68,21 @@ class DataConfig:
     # a rerun sees the same batches, though op results may still vary (GPU kernels, large graphs).
     # train.deterministic implies it.
     deterministic: bool = False
+    # Reader options of the format (can_tf.data.<format>): e.g. {uncertainty: ones} for CheXpert/MIMIC,
+    # {readers: any} for VinDr-CXR, {labeler: negbio} for MIMIC.
+    options: dict = field(default_factory=dict)
+    # Several data sets trained on together: each "path", "format:path" or {source, format, image_root,
+    # options}; patients stay apart within each. Replaces source when given.
+    sources: list = field(default_factory=list)
     phantom_patients: int = 240  # built-in phantom data set size when source is None
     phantom_image_size: int = 128
 
     def validate(self) -> None:
-        _one_of("data.format", self.format, ("auto", "chestxray14", "csv"))
+        from can_tf.data.table import FORMATS  # lazy: the table module imports pandas
+
+        _one_of("data.format", self.format, FORMATS)
+        if self.sources and self.source is not None:
+            raise ConfigError("give data.source (one data set) or data.sources (several), not both")
         _one_of("data.split", self.split, ("patient", "official"))
         _one_of("data.on_bad_image", self.on_bad_image, ("stop", "skip"))
         _one_of("data.aspect", self.aspect, ASPECTS)

@@ -24,8 +24,11 @@ def data():
               help="Split list file(s), or a folder of them (e.g. a run's splits/), to check for "
                    "patients in more than one list. Default: NIH's lists beside the label file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--format", "data_format", type=click.Choice(["auto", "chestxray14", "csv"]), default="auto",
-              show_default=True, help="How to read SOURCE.")
+@click.option("--format", "data_format", default="auto", show_default=True, metavar="FORMAT",
+              help="How to read SOURCE: auto, chestxray14, csv, chexpert, mimic, padchest, vindr, nih-google.")
+@click.option("--class-names", default=None, metavar="A,B,...",
+              help="Label classes to count (CSV: its label columns; default: every column but path, "
+                   "patient, view, age, sex).")
 @click.option("--label-file", type=click.Path(exists=True, dir_okay=False),
               help="ChestX-ray14 label file, if not the Data_Entry_2017*.csv in SOURCE.")
 @click.option("--image-root", type=click.Path(exists=True, file_okay=False),
@@ -35,7 +38,7 @@ def data():
 @click.option("--decode", is_flag=True, help="Also decode every image's pixels (slower, more thorough).")
 @click.option("--strict", is_flag=True, help="Exit 1 on warnings too (e.g. listed images not on disk).")
 def check(source, split_lists, as_json, data_format, label_file, image_root, path_column, patient_column,
-          decode, strict):
+          decode, strict, class_names):
     """Scan a data set: missing and unreadable images, label-file problems, class counts, and
     patients that appear in more than one split list. Exits 1 when problems are found.
 
@@ -50,7 +53,8 @@ def check(source, split_lists, as_json, data_format, label_file, image_root, pat
     # A DataError becomes one `Error:` line in can_tf_cli.main.
     report = check_dataset(source, list(split_lists) or None, format=data_format, label_file=label_file,
                            image_root=image_root, path_column=path_column,
-                           patient_column=patient_column, decode=decode, strict=strict)
+                           patient_column=patient_column, decode=decode, strict=strict,
+                           class_names=[c.strip() for c in class_names.split(",") if c.strip()] if class_names else None)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.summary())
     if not report.ok:  # under --strict, warnings too (the verdict line says so)
         raise SystemExit(1)

@@ -10,7 +10,12 @@ import click
 @click.command("evaluate")
 @click.argument("model", metavar="RUN_DIR_OR_MODEL", type=click.Path(exists=True))
 @click.option("--data", default=None,
-              help="Data to evaluate on (ChestX-ray14 folder or CSV). Default: the run's own data.")
+              help="Data to evaluate on: a folder or label file of ChestX-ray14, CheXpert, MIMIC-CXR-JPG, PadChest, "
+                   "VinDr-CXR, NIH-Google, or a CSV. Default: the run's own data. Another data set's labels are "
+                   "compared on the classes both share (an external evaluation).")
+@click.option("--format", "data_format", default=None, metavar="FORMAT",
+              help="Layout of --data (data.format): auto (default), chestxray14, csv, chexpert, mimic, padchest, "
+                   "vindr, nih-google.")
 @click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default=None,
               help="Split to report. Default: test on the run's own data, all on other --data.")
 @click.option("--bootstrap", "n_boot", type=click.IntRange(min=0), default=1000, show_default=True,
@@ -28,7 +33,8 @@ import click
               help="Folder holding the images (data.image_root), as for fit.")
 @click.option("--set", "overrides", multiple=True, metavar="data.FIELD=VALUE",
               help="Override a data field as in fit, e.g. --set data.views=[PA] (repeatable).")
-def evaluate(model, data, split, n_boot, out_dir, references, thresholds, batch_size, seed, image_root, overrides):
+def evaluate(model, data, data_format, split, n_boot, out_dir, references, thresholds, batch_size, seed, image_root,
+             overrides):
     """Evaluate a run (or any saved model) per class, like the paper's table.
 
     \b
@@ -37,6 +43,7 @@ def evaluate(model, data, split, n_boot, out_dir, references, thresholds, batch_
       can-tf evaluate runs/paper --references --thresholds sensitivity:0.9
       can-tf evaluate exports/tflite/can_dynamic.tflite --data /data/ChestX-ray14 --split all
       can-tf evaluate runs/paper --data /data/ChestX-ray14 --image-root /data/ChestX-ray14/images_001
+      can-tf evaluate runs/paper --data /data/CheXpert-v1.0-small --split val     # external validation
     Writes report.md, report.csv, report.json and roc.png; thresholds go to <run>/thresholds.json.
     """
     from can_tf.config import ConfigError
@@ -46,6 +53,10 @@ def evaluate(model, data, split, n_boot, out_dir, references, thresholds, batch_
     flags = list(overrides)
     if image_root is not None:
         flags.insert(0, f"data.image_root={json.dumps(image_root)}")
+    if data_format is not None:
+        if data is None:
+            raise click.UsageError("--format describes --data; give --data too")
+        flags.insert(0, f"data.format={json.dumps(data_format)}")
     try:
         parse_threshold_method(thresholds)
     except EvaluationError as e:

@@ -185,3 +185,25 @@ def test_load_table_returns_the_data_sets_spelling(small_nih):
     df, class_names = load_table(DataConfig(source=str(small_nih), class_names=["cardiomegaly", "MASS"]))
     assert class_names == ["Cardiomegaly", "Mass"]
     assert df[class_names].to_numpy().sum() > 0
+
+
+def test_csv_with_custom_classes_is_checked_on_its_own_columns(tmp_path, chestxray14_dir):
+    """`data check` on a CSV whose classes are not NIH's: counted from its own label columns (or
+    --class-names), as `fit --set data.class_names=[...]` reads the same file."""
+    from click.testing import CliRunner
+
+    from can_tf_cli.main import main
+
+    images = sorted((chestxray14_dir / "images").glob("*.png"))[:4]
+    rows = [f"{p},pt{i // 2},{i % 2},{1 - i % 2},58" for i, p in enumerate(images)]
+    csv = tmp_path / "custom.csv"
+    csv.write_text("path,patient,Tuberculosis,Nodule,age\n" + "\n".join(rows) + "\n")
+    report = check_dataset(csv, patient_column="patient")
+    assert report.ok, report.summary()
+    assert report.class_counts == {"Tuberculosis": 2, "Nodule": 2} and report.images_found == 4
+    only = check_dataset(csv, patient_column="patient", class_names=["tuberculosis"])
+    assert only.class_counts == {"Tuberculosis": 2}  # matched to the column's spelling
+    result = CliRunner().invoke(main, ["data", "check", str(csv), "--patient-column", "patient",
+                                       "--class-names", "Nodule"])
+    assert result.exit_code == 0, result.output
+    assert "Nodule 2" in result.output and "Tuberculosis" not in result.output

@@ -140,13 +140,16 @@ class CheckReport:
 
 def check_dataset(source: Optional[PathLike], split_lists: Optional[Union[PathLike, Sequence[PathLike]]] = None,
                   *, format: str = "auto", label_file: Optional[PathLike] = None,
-                  image_root: Optional[PathLike] = None, class_names: Sequence[str] = CLASS_NAMES,
+                  image_root: Optional[PathLike] = None, class_names: Optional[Sequence[str]] = None,
                   path_column: str = "path", patient_column: Optional[str] = None,
                   verify_images: bool = True, decode: bool = False, strict: bool = False) -> CheckReport:
     """Scans a data set and returns a :class:`CheckReport`; it raises only for a bad argument.
 
     Args:
-        source: a ChestX-ray14 folder or label file, or a generic CSV (as ``data.source``).
+        source: a data set's folder or label file in any layout ``data.format`` reads (ChestX-ray14,
+            CheXpert, MIMIC-CXR-JPG, PadChest, VinDr-CXR, NIH-Google), or a generic CSV.
+        class_names: the label classes to count; default: the data set's own (NIH's 14; a
+            publisher's mapped classes; a CSV's columns other than path, patient, view, age, sex).
         split_lists: split list files (one image name a line), or a folder whose ``*.txt`` files
             are the lists (NIH's data folder, or a run's ``splits/``). Default: NIH's
             ``train_val_list.txt`` and ``test_list.txt`` when they are beside the label file.
@@ -172,7 +175,9 @@ def check_dataset(source: Optional[PathLike], split_lists: Optional[Union[PathLi
     found = (table["path"] != "").to_numpy()
     report.rows = len(table)
     report.images_found = int(found.sum())
-    report.images_missing = int((~found).sum())
+    # The publishers' readers drop rows without an image and count them; the NIH and CSV checks keep them.
+    report.images_missing = int((~found).sum()) + int(table.attrs.get("missing_images", 0) if report.format
+                                                      not in ("chestxray14", "csv") else 0)
     report.missing_examples = table.loc[~found, "image_index"].head(3).tolist()
     report.image_root = table.attrs.get("image_root", "")
     report.duplicate_files = int(table.attrs.get("duplicate_images", 0))
@@ -199,8 +204,18 @@ def _read_table(report: CheckReport, root, label_path, image_root, class_names, 
         from can_tf.data.csv_dataset import load_csv
 
         report.label_file = str(label_path)
+        if class_names is None:
+            class_names = _csv_label_columns(label_path, path_column, patient_column)
         return load_csv(label_path, class_names, path_column=path_column, patient_column=patient_column,
                         image_root=image_root, keep_missing=True)
+    if report.format not in ("chestxray14",):
+        from can_tf.data.label_space import dataset_classes
+        from can_tf.data.table import READERS, _reader_module
+
+        report.label_file = str(root)
+        loader = getattr(_reader_module(report.format), READERS[report.format][1])
+        return loader(root, list(class_names or dataset_classes(report.format)), image_root=image_root)
+    class_names = CLASS_NAMES if class_names is None else class_names
     from can_tf.data.chestxray14 import find_label_file, index_images, parse_label_file, read_label_file
 
     if root is None and label_path is None:
@@ -215,6 +230,18 @@ def _read_table(report: CheckReport, root, label_path, image_root, class_names, 
     report.label_warnings = [p.message for p in problems if not p.fatal]
     table.attrs["data_root"] = str(root if root is not None else label_path.parent)
     return table
+
+
+def _csv_label_columns(path, path_column, patient_column) -> list:
+    """A CSV's label columns: every column but the path, the patient and the metadata columns."""
+    from can_tf.data.table import read_string_table
+
+    header = read_string_table(path, "CSV").columns
+    other = {path_column, patient_column, "view", "age", "sex"}
+    columns = [c for c in header if c not in other]
+    if not columns:
+        raise DataError(f"CSV {path} has no label columns besides {path_column!r} (columns: {', '.join(header)})")
+    return columns
 
 
 def _split_list_files(split_lists, data_root, label_path, format) -> list:

@@ -68,9 +68,14 @@ def official_split(df: pd.DataFrame, split_root: Optional[os.PathLike] = None, *
     table in neither list are dropped with a logged count (``attrs["unlisted_images"]``). NIH's
     lists are patient-disjoint; lists that are not raise :class:`DataError` naming the patients.
 
+    A table whose reader knows its publisher's split (an ``official_split`` column, see
+    :func:`publisher_split`) uses that instead of NIH's lists.
+
     Args:
         split_root: the folder with the two lists; default ``df.attrs["data_root"]``.
     """
+    if "official_split" in df.columns:
+        return publisher_split(df, val_fraction=val_fraction, seed=seed)
     train_val, test = (set(names) for names in read_official_lists(split_root or df.attrs.get("data_root")))
     both = sorted(train_val & test)
     if both:
@@ -101,6 +106,35 @@ def official_split(df: pd.DataFrame, split_root: Optional[os.PathLike] = None, *
     return splits
 
 
+def publisher_split(df: pd.DataFrame, *, val_fraction: float = 0.1, seed: int = 0) -> dict:
+    """The split a data set's publisher defines (``official_split``: ``train``, ``val`` or ``test``).
+
+    Where the publisher has no validation set (VinDr-CXR: train and test), ``val_fraction`` of the
+    training patients are carved out, seeded, as for NIH. Rows without an official split (a data set
+    without one, in a merge) are an error naming how many and which data set: use data.split=patient.
+    """
+    values = df["official_split"].astype(str)
+    unsplit = ~values.isin(SPLIT_NAMES)
+    if unsplit.any():
+        which = preview(sorted(set(df.loc[unsplit, "image_index"].astype(str).str.split("/").str[0])))
+        raise DataError(f"{int(unsplit.sum()):,} image(s) have no official split (e.g. from {which}); the "
+                        f"publisher defines none for them: use data.split=patient")
+    straddling = df.groupby("patient_id")["official_split"].nunique()
+    straddling = straddling[straddling > 1]
+    if len(straddling):
+        raise DataError(f"the official split puts {len(straddling):,} patient(s) in two splits: "
+                        f"{preview(straddling.index.tolist())}; use data.split=patient")
+    assignment = {}
+    train_patients = np.sort(df.loc[values == "train", "patient_id"].unique().astype(str))
+    if not (values == "val").any() and len(train_patients):
+        counts = _allocate(len(train_patients), (1.0 - val_fraction, val_fraction))
+        shuffled = train_patients[np.random.default_rng(seed).permutation(len(train_patients))]
+        assignment.update(zip(shuffled, np.repeat([0, 1], counts)))
+    for index, name in enumerate(SPLIT_NAMES):
+        assignment.update((p, index) for p in df.loc[values == name, "patient_id"].unique() if p not in assignment)
+    return _by_patient(df, assignment)
+
+
 def read_official_lists(split_root: Optional[os.PathLike]) -> tuple[list, list]:
     """Reads ``train_val_list.txt`` and ``test_list.txt`` from ``split_root``."""
     if split_root is None:
@@ -126,6 +160,10 @@ def make_splits(df: pd.DataFrame, data_config, *, allow_empty: Sequence[str] = (
     elif data_config.split == "official":
         splits = official_split(df, val_fraction=data_config.val_fraction, seed=data_config.seed)
         asked = (1.0, data_config.val_fraction, 1.0)
+        if "official_split" in df.columns and not (df["official_split"] == "test").any():
+            # The publisher keeps its test labels back (CheXpert): no test split, by design.
+            logger.warning("the data set's official split has no test images; evaluate on another data set")
+            asked = (1.0, data_config.val_fraction, 0.0)
     else:
         splits = patient_split(df, data_config.split_fractions, seed=data_config.seed)
         asked = tuple(data_config.split_fractions)

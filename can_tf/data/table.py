@@ -27,6 +27,19 @@ from can_tf.data.errors import DataError, preview
 logger = logging.getLogger(__name__)
 
 BASE_COLUMNS = ("image_index", "path", "patient_id", "view", "age", "sex")
+# format -> (module, loader): each loader(source, class_names, *, image_root=None, **options) -> table.
+READERS = {
+    "chestxray14": ("can_tf.data.chestxray14", "load_chestxray14"),
+    "csv": ("can_tf.data.csv_dataset", "load_csv"),
+    "chexpert": ("can_tf.data.chexpert", "load_chexpert"),
+    "mimic": ("can_tf.data.mimic", "load_mimic"),
+    "padchest": ("can_tf.data.padchest", "load_padchest"),
+    "vindr": ("can_tf.data.vindr", "load_vindr"),
+    "nih-google": ("can_tf.data.nih_google", "load_nih_google"),
+}
+FORMATS = ("auto", *READERS)
+# Tried in this order by data.format=auto (each module's detect(path)); NIH and plain CSV come last.
+_DETECTED = ("nih-google", "mimic", "chexpert", "padchest", "vindr")
 VIEWS = ("PA", "AP")
 SEXES = ("M", "F")
 MAX_AGE = 120.0  # years; NIH's first release had ages like 414 that are typos, not patients
@@ -152,13 +165,17 @@ def resolve_source(source: Optional[str], format: str = "auto",
                    label_file: Optional[str] = None) -> tuple[str, Optional[Path], Optional[Path]]:
     """Decides how to read ``source``: returns ``(format, data_root, label_file)``.
 
-    ``auto`` reads a folder as ChestX-ray14 and a ``.csv``/``.csv.gz`` file as a generic CSV,
-    unless the file is an NIH ``Data_Entry_2017*`` label file. ``source=None`` means the phantom
-    data set (the caller generates it).
+    ``auto`` asks each publisher's reader whether ``source`` has its layout (file names, then a CSV
+    header: ``detect`` in :data:`READERS`' modules); otherwise a folder is ChestX-ray14 and a
+    ``.csv``/``.csv.gz`` file a generic CSV, unless it is an NIH ``Data_Entry_2017*`` label file.
+    ``source=None`` means the phantom data set (the caller generates it). For the publishers'
+    readers ``data_root`` is the source itself and ``label_file`` None.
     """
+    if format not in FORMATS:
+        raise DataError(f"unknown data format {format!r}; known: {', '.join(FORMATS)}")
     if source is None:
-        if format == "csv":
-            raise DataError("data.format='csv' needs data.source set to a CSV file")
+        if format not in ("auto", "chestxray14"):
+            raise DataError(f"data.format={format!r} needs data.source set to the data set's folder or file")
         return "chestxray14", None, Path(label_file) if label_file else None
     path = Path(source).expanduser()
     if not path.exists():
@@ -166,14 +183,12 @@ def resolve_source(source: Optional[str], format: str = "auto",
     name = path.name.lower()
     is_csv = name.endswith(".csv") or name.endswith(".csv.gz")
     if format == "auto":
-        if path.is_dir():
-            format = "chestxray14"
-        elif is_csv:
-            format = "chestxray14" if name.startswith("data_entry_2017") else "csv"
-        else:
-            raise DataError(
-                f"data source {source} is neither a folder nor a .csv/.csv.gz file; set data.format"
-            )
+        format = next((f for f in _DETECTED if _reader_module(f).detect(path)), None) or (
+            "chestxray14" if path.is_dir() or name.startswith("data_entry_2017") else "csv" if is_csv else None)
+        if format is None:
+            raise DataError(f"data source {source} is neither a folder nor a .csv/.csv.gz file; set data.format")
+    if format in _DETECTED:
+        return format, path, None
     if format == "csv":
         if path.is_dir():
             raise DataError(f"data.format='csv' needs a CSV file, but {source} is a folder")
@@ -183,26 +198,49 @@ def resolve_source(source: Optional[str], format: str = "auto",
     return "chestxray14", path.parent, Path(label_file) if label_file else path
 
 
+def _reader_module(format: str):
+    import importlib
+
+    return importlib.import_module(READERS[format][0])
+
+
 def load_table(data_config) -> tuple[pd.DataFrame, list]:
-    """Reads the data set a :class:`~can_tf.config.DataConfig` names and applies its filters.
+    """Reads the data set(s) a :class:`~can_tf.config.DataConfig` names and applies its filters.
 
     Returns ``(df, class_names)``. ``df.attrs`` carries ``format``, ``data_root`` (where split
-    lists are looked for) and ``missing_images`` (label rows without an image on disk).
+    lists are looked for) and ``missing_images`` (label rows without an image on disk). With
+    ``data.sources`` the data sets are read one by one and stacked (:func:`merge_tables`).
 
     Example:
         >>> df, class_names = load_table(DataConfig())  # the built-in phantom data set
         >>> list(df.columns[:6])
         ['image_index', 'path', 'patient_id', 'view', 'age', 'sex']
     """
+    if data_config.sources:
+        tables = [_load_one(data_config, **spec) for spec in source_specs(data_config.sources)]
+        df = merge_tables(tables)
+        class_names = list(tables[0].attrs.get("class_names", data_config.class_names))
+    else:
+        df = _load_one(data_config, source=data_config.source, format=data_config.format,
+                       image_root=data_config.image_root, options=data_config.options)
+        class_names = list(df.attrs.get("class_names", data_config.class_names))
+    return apply_filters(df, views=data_config.views, one_per_patient=data_config.one_per_patient), class_names
+
+
+def _load_one(data_config, *, source, format="auto", image_root=None, options=None) -> pd.DataFrame:
     class_names = list(data_config.class_names)
-    format, root, label_file = resolve_source(data_config.source, data_config.format,
-                                              data_config.label_file)
+    options = dict(options or {})
+    format, root, label_file = resolve_source(source, format, data_config.label_file if source == data_config.source
+                                              else None)
+    if options and format in ("chestxray14", "csv"):
+        raise DataError(f"data.options {sorted(options)} apply to the publishers' readers (chexpert, mimic, "
+                        f"padchest, vindr, nih-google), not to format {format!r}")
     if format == "csv":
         from can_tf.data.csv_dataset import load_csv
 
         df = load_csv(label_file, class_names, path_column=data_config.path_column,
-                      patient_column=data_config.patient_column, image_root=data_config.image_root)
-    else:
+                      patient_column=data_config.patient_column, image_root=image_root)
+    elif format == "chestxray14":
         from can_tf.data.chestxray14 import load_chestxray14
 
         if root is None and label_file is None:
@@ -210,14 +248,77 @@ def load_table(data_config) -> tuple[pd.DataFrame, list]:
 
             root = Path(default_phantom_dir(data_config.phantom_patients,
                                             data_config.phantom_image_size))
-        df = load_chestxray14(root, label_file=label_file, image_root=data_config.image_root,
-                              class_names=class_names)
+        df = load_chestxray14(root, label_file=label_file, image_root=image_root, class_names=class_names)
+    else:
+        loader = getattr(_reader_module(format), READERS[format][1])
+        try:
+            df = loader(root, class_names, image_root=image_root, **options)
+        except TypeError as e:
+            if "unexpected keyword" not in str(e):
+                raise
+            raise DataError(f"data.options for format {format!r}: {e}") from None
     df.attrs["format"] = format
     df.attrs.setdefault("data_root", str(root if root is not None else Path(label_file).parent))
-    # the loaders match data.class_names to the data set's spelling (can_tf.labels.match_class_names)
-    class_names = list(df.attrs.get("class_names", class_names))
-    return apply_filters(df, views=data_config.views, one_per_patient=data_config.one_per_patient), \
-        class_names
+    return df
+
+
+def source_specs(sources) -> list:
+    """``data.sources`` entries as ``{source, format, image_root, options}`` dicts.
+
+    An entry is a path, ``"<format>:<path>"`` or a mapping with those keys.
+
+    Example:
+        >>> source_specs(["chexpert:/data/CheXpert", "/data/NIH"])[0]
+        {'source': '/data/CheXpert', 'format': 'chexpert', 'image_root': None, 'options': {}}
+    """
+    specs = []
+    for i, entry in enumerate(sources, start=1):
+        if isinstance(entry, str):
+            format, _, rest = entry.partition(":")
+            spec = {"source": rest, "format": format} if format in READERS and rest else {"source": entry}
+        elif isinstance(entry, dict):
+            unknown = sorted(set(entry) - {"source", "format", "image_root", "options"})
+            if unknown or "source" not in entry:
+                raise DataError(f"data.sources entry {i} must have 'source' and may have format, image_root, "
+                                f"options; got keys {sorted(entry)}")
+            spec = dict(entry)
+        else:
+            raise DataError(f"data.sources entry {i} must be a path or a mapping, got {entry!r}")
+        spec.setdefault("format", "auto")
+        spec.setdefault("image_root", None)
+        spec["options"] = dict(spec.get("options") or {})
+        if spec["format"] not in FORMATS:
+            raise DataError(f"data.sources entry {i}: format {spec['format']!r} is not one of {', '.join(FORMATS)}")
+        specs.append(spec)
+    return specs
+
+
+def merge_tables(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Stacks data tables of several data sets, keeping their patients and image names apart.
+
+    Each table's ``image_index`` and ``patient_id`` get its data set's name as a prefix
+    (``chexpert/patient00001``), numbered when one format comes twice, so a patient id that two
+    data sets happen to share stays two patients and patient-wise splits stay patient-wise within
+    each. ``official_split`` is kept where a table has it ("" where it has not).
+    """
+    tags, seen = [], {}
+    for table in tables:
+        format = table.attrs.get("format", "data")
+        seen[format] = seen.get(format, 0) + 1
+        tags.append(format if seen[format] == 1 else f"{format}{seen[format]}")
+    parts = []
+    for tag, table in zip(tags, tables):
+        part = table.copy()
+        part["image_index"] = tag + "/" + part["image_index"].astype(str)
+        part["patient_id"] = tag + "/" + part["patient_id"].astype(str)
+        if "official_split" not in part.columns and any("official_split" in t.columns for t in tables):
+            part["official_split"] = ""
+        parts.append(part)
+    df = pd.concat(parts, ignore_index=True)
+    df.attrs = {"format": "+".join(tags), "sources": tags, "data_root": tables[0].attrs.get("data_root"),
+                "missing_images": int(sum(t.attrs.get("missing_images", 0) for t in tables)),
+                "class_names": list(tables[0].attrs.get("class_names", []))}
+    return df
 
 
 def apply_filters(df: pd.DataFrame, *, views: Optional[Sequence[str]] = None,

@@ -125,6 +125,7 @@ def evaluate_model(
             (e.g. ``data.image_root=/data/images``, ``data.views=[PA]``).
     """
     from can_tf.config import RunConfig
+    from can_tf.data.label_space import composite_probabilities
     from can_tf.data.splits import make_splits, read_splits
     from can_tf.data.table import load_table
     from can_tf.evaluation.report import EvaluationReport
@@ -154,6 +155,7 @@ def evaluate_model(
                                     os.path.abspath(data) == os.path.abspath(config.data.source))
         if data is not None:
             config.data.source, config.data.format, config.data.label_file = data, "auto", None
+            config.data.sources, config.data.options = [], {}  # the run's own data's reader options
             config.data.split_dir = None
         config = _with_data_overrides(config, data_overrides)
         config.data.image_size = predictor.image_size
@@ -162,8 +164,15 @@ def evaluate_model(
         if predictor.warning and not own_data:
             notes.append(predictor.warning)
 
+        external = None
+        if not own_data:
+            external = _external_classes(config.data, predictor.class_names)
+            if external is not None:
+                config.data.class_names = list(external.compared)
+                notes.append(external.sentence)
         df, class_names = load_table(config.data)
-        if list(class_names) != list(predictor.class_names):
+        wanted = list(external.compared) if external is not None else list(predictor.class_names)
+        if list(class_names) != wanted:
             raise EvaluationError(f"the data's classes {class_names} differ from the model's {predictor.class_names}")
         if own_data and run_dir is not None and (run_dir / "splits").is_dir():
             splits = read_splits(run_dir / "splits", df, subset=bool(data_overrides))
@@ -184,10 +193,13 @@ def evaluate_model(
             raise EvaluationError(f"the {split} split is empty")
 
         y_true, y_prob = predict_table(predictor, evaluated, class_names, batch_size, on_batch)
+        if external is not None:  # the model's outputs for the compared classes (composites: largest part)
+            y_prob = composite_probabilities(y_prob, predictor.class_names, class_names)
         report = EvaluationReport(
             y_true, y_prob, evaluated["patient_id"].astype(str).to_numpy(), class_names, split=split,
             model_name=_model_name(model, fmt), split_description=_split_description(config.data, split, own_data),
             n_boot=n_boot, seed=seed, references=references, provenance=predictor.provenance,
+            external=external.sentence if external is not None else None,
         )
         if out_dir is None:
             out_dir = (run_dir / "eval" / split) if run_dir is not None else Path(f"eval-{_model_name(model, fmt)}-{split}")
@@ -222,6 +234,41 @@ def evaluate_model(
     finally:
         if run is not None:
             run.unlock()
+
+
+@dataclasses.dataclass
+class ExternalClasses:
+    """What an evaluation on another data set's labels compares: the classes both have (or that the
+    model's outputs compose), and why the model's other classes are left out."""
+
+    dataset: str
+    source: str
+    compared: list
+    not_compared: dict
+
+    @property
+    def sentence(self) -> str:
+        left_out = "; ".join(f"{c} ({why})" for c, why in self.not_compared.items())
+        return (f"on {self.dataset} data ({self.source}), {len(self.compared)} class(es) compared: "
+                f"{', '.join(self.compared)}" + (f". Not compared: {left_out}" if left_out else "") + ".")
+
+
+def _external_classes(data_config, model_classes) -> Optional[ExternalClasses]:
+    """For another data set in a publisher's layout, the classes its labels can score; None for a
+    plain CSV (its columns must be the model's classes)."""
+    from can_tf.data.label_space import DATASET_LABELS, comparable_classes
+    from can_tf.data.table import resolve_source
+
+    if data_config.sources:
+        return None
+    dataset, _, _ = resolve_source(data_config.source, data_config.format, data_config.label_file)
+    if dataset not in DATASET_LABELS:
+        return None
+    compared, not_compared = comparable_classes(model_classes, dataset)
+    if not compared:
+        raise EvaluationError(f"{dataset} data at {data_config.source} labels none of the model's classes "
+                              f"({', '.join(model_classes)})")
+    return ExternalClasses(dataset, str(data_config.source), compared, not_compared)
 
 
 def _model_name(model: Path, fmt: str) -> str:

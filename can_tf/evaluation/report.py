@@ -113,7 +113,9 @@ class EvaluationReport:
         confidence: float = 0.95,
         references=(),
         provenance: Optional[dict] = None,
+        external: Optional[str] = None,
     ):
+        self.external = external  # what an external evaluation compared, shown under the split line
         self.class_names = tuple(class_names)
         self.y_true, self.y_prob = check_predictions(y_true, y_prob, self.class_names)
         self.split = str(split)
@@ -216,6 +218,8 @@ class EvaluationReport:
             f"replicates (seed {self.seed}).",
             "",
         ]
+        if self.external:
+            lines += [f"**External evaluation**: {self.external}", ""]
         header = [
             "Class",
             f"AUROC [{pct} CI]",
@@ -297,6 +301,7 @@ class EvaluationReport:
             "model": self.model_name,
             "split": self.split,
             "split_description": self.split_description,
+            "external": self.external,
             "num_images": self.num_images,
             "num_patients": self.num_patients,
             "class_names": list(self.class_names),
