@@ -223,7 +223,7 @@ def comparable_classes(model_classes: Sequence[str], dataset: str) -> tuple:
     compared = [c for c in model_classes if c in labelled]
     compared += [c for c, parts in COMPOSITES.items()
                  if c in labelled and c not in compared and all(p in model_classes for p in parts)]
-    not_compared = {c: f"{dataset} does not label it" for c in model_classes
+    not_compared = {c: f"{dataset} does not label them" for c in model_classes
                     if c not in compared and not any(c in COMPOSITES.get(k, ()) for k in compared)}
     return compared, not_compared
 

@@ -43,7 +43,7 @@ patient with images in both, is an error (the publisher's split is by patient).
 subfolder; a folder that also holds an NIH ``Data_Entry_2017*`` file is detected as ChestX-ray14,
 set ``data.format=nih-google`` there) or one of the two label files (then only that file is read).
 Images are found by name below ``image_root`` (default: the source folder, or the label file's
-folder), indexed in one walk (:func:`can_tf.data.chestxray14.index_images`): the NIH archives put
+folder), indexed in one walk (:func:`can_tf.data.chestxray14.find_images`): the NIH archives put
 them in ``images_0NN/images/`` and an existence check per row would need to know which. Rows whose
 image is not there are counted and left out, as for NIH.
 
@@ -66,11 +66,11 @@ import numpy as np
 import pandas as pd
 
 from can_tf.data.chestxray14 import LABEL_FILE_NAMES as NIH_LABEL_FILE_NAMES
-from can_tf.data.chestxray14 import _patient_mismatch, _rows, index_images
+from can_tf.data.chestxray14 import _patient_mismatch, _rows, find_images
 from can_tf.data.errors import DataError, preview
 from can_tf.data.label_space import ALL_CLASSES, relabel
-from can_tf.data.table import (drop_missing_images, make_table, normalise_sex, normalise_view, on_distinct,
-                               parse_ages, read_string_table)
+from can_tf.data.table import (check_image_names, check_images_in_one_file, drop_missing_images, line_numbers,
+                               make_table, normalise_sex, normalise_view, on_distinct, parse_ages, read_string_table)
 from can_tf.labels import CLASS_NAMES, match_class_names
 
 logger = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def load_nih_google(source: os.PathLike, class_names: Sequence[str] = CLASS_NAME
     if source.is_dir():
         root, files = source, find_label_files(source)
         if not files:
-            names = [PREFIX + s + ".csv" for s in SPLIT_FILES.values()] + [s + ".csv" for s in SPLIT_FILES.values()]
+            names = [p + s + ".csv" for p in (PREFIX, "") for s in SPLIT_FILES.values()]
             raise DataError(f"no NIH-Google four-findings label file in {source} or {source / SUBFOLDER}: "
                             f"expected {preview(names)}")
     elif source.is_file():
@@ -160,14 +160,9 @@ def load_nih_google(source: os.PathLike, class_names: Sequence[str] = CLASS_NAME
 
     parts = [_read_split(path, split) for split, path in files.items()]
     _check_across(parts)
-    table = pd.concat([p for p in parts], ignore_index=True)
+    table = pd.concat(parts, ignore_index=True)
 
-    images = index_images(image_root if image_root is not None else root)
-    if images.duplicates:
-        name, others = next(iter(images.duplicates.items()))
-        logger.warning("%s image name(s) occur in more than one folder below %s; using the first found "
-                       "(e.g. %s over %s); set data.image_root to pick one folder",
-                       f"{len(images.duplicates):,}", images.root, images.paths[name], others[0])
+    images = find_images(image_root if image_root is not None else root)
     labels = relabel({f: table[f].to_numpy(np.float32) for f in FINDINGS}, DATASET, class_names)
     df = make_table(table["image_index"], table["image_index"].map(images.paths).fillna(""),
                     table["patient_id"], labels, class_names,
@@ -195,15 +190,7 @@ def _read_split(path: Path, split: str) -> pd.DataFrame:
         raise DataError(f"NIH-Google label file {where} has a header but no rows")
 
     names = raw[IMAGE_COLUMN].str.strip()
-    blank = (names == "").to_numpy()
-    if blank.any():
-        raise DataError(f"{where}, {_lines(blank)}, column {IMAGE_COLUMN!r}: blank (every row names its image)")
-    repeated = names.duplicated(keep=False).to_numpy()
-    if repeated.any():
-        first = names[repeated].iloc[0]
-        raise DataError(f"{where}, column {IMAGE_COLUMN!r}: {first} is listed on "
-                        f"{_lines((names == first).to_numpy())}; each image is listed once "
-                        f"({int(names[repeated].nunique()):,} image(s) repeated)")
+    check_image_names(names, np.arange(2, len(raw) + 2), where, IMAGE_COLUMN)
 
     out = pd.DataFrame({"image_index": names.to_numpy(), "line": np.arange(2, len(raw) + 2),
                         "file": where, "split": split})
@@ -240,8 +227,8 @@ def _parse_labels(values: pd.Series, column: str, where: str) -> np.ndarray:
     if bad.any():
         rows = np.flatnonzero(bad)
         value = values.iloc[rows[0]]
-        hint = " (HEDGE is a single reader's answer, in individual_readers.csv only)" if text.iloc[rows[0]] == "HEDGE" \
-            else ""
+        hint = (" (HEDGE is a single reader's answer, in individual_readers.csv only)"
+                if text.iloc[rows[0]] == "HEDGE" else "")
         more = f"; {len(rows) - 1:,} more such cell(s) in this column" if len(rows) > 1 else ""
         raise DataError(f"{where}, line {rows[0] + 2}, column {column!r}: {value!r} is not one of YES, NO or "
                         f"blank{hint}{more}")
@@ -266,16 +253,10 @@ def _check_across(parts: list) -> None:
     if len(parts) < 2:
         return
     test, val = parts
-    both = val["image_index"].isin(test["image_index"]).to_numpy()
-    if both.any():
-        row = val.loc[both].iloc[0]
-        other = test.loc[test["image_index"] == row["image_index"]].iloc[0]
-        raise DataError(f"{row['file']}, line {row['line']}, column {IMAGE_COLUMN!r}: {row['image_index']} is "
-                        f"also in {other['file']} (line {other['line']}); an image belongs to one split "
-                        f"({int(both.sum()):,} image(s) in both)")
+    check_images_in_one_file(test, val, IMAGE_COLUMN)
     shared = np.intersect1d(test["patient_id"].to_numpy(str), val["patient_id"].to_numpy(str))
     if shared.size:
-        pid = shared[0]
+        pid = str(shared[0])
         a = test.loc[test["patient_id"] == pid].iloc[0]
         b = val.loc[val["patient_id"] == pid].iloc[0]
         raise DataError(f"patient(s) {preview(shared.tolist())} have images in both {a['file']} (test) and "
@@ -322,7 +303,4 @@ def _has_findings(path: Path) -> bool:
 
 def _lines(mask: np.ndarray, limit: int = 3) -> str:
     """``line 4, line 9 and 2 more`` for the rows where ``mask`` holds (header = line 1)."""
-    rows = np.flatnonzero(mask)
-    shown = ", ".join(f"line {r + 2}" for r in rows[:limit])
-    rest = len(rows) - limit
-    return f"{shown} and {rest:,} more" if rest > 0 else shown
+    return line_numbers(np.flatnonzero(mask) + 2, limit)
