@@ -61,12 +61,30 @@ def is_phantom_source(source) -> bool:
 
 
 def describe_data(data_config) -> str:
-    """A one-line description of ``data.source``: the path, or the built-in phantom data."""
-    if data_config.source is None:
+    """A one-line description of ``data.source``: the path, or the built-in phantom data; for
+    ``data.sources``, each data set's."""
+    if data_config.sources:
+        from can_tf.data.table import source_specs
+
+        return "merge of " + "; ".join(_describe_source(spec["source"]) for spec in source_specs(data_config.sources))
+    return _describe_source(data_config.source)
+
+
+def _describe_source(source) -> str:
+    if source is None:
         return PHANTOM_DESCRIPTION
-    if is_phantom_source(data_config.source):
-        return f"phantom data at {data_config.source} (synthetic images)"
-    return str(data_config.source)
+    if is_phantom_source(source):
+        return f"phantom data at {source} (synthetic images)"
+    return str(source)
+
+
+def trained_on_phantom(data_config) -> bool:
+    """True when any of the data a config trains on is phantom data (one source, or any of several)."""
+    if data_config.sources:
+        from can_tf.data.table import source_specs
+
+        return any(is_phantom_source(spec["source"]) for spec in source_specs(data_config.sources))
+    return is_phantom_source(data_config.source)
 
 
 def split_counts(splits: dict) -> dict:
@@ -98,7 +116,8 @@ def build_provenance(config, *, splits: Optional[dict] = None, table_attrs: Opti
         "data": {
             "source": data.source,
             "description": describe_data(data),
-            "phantom": is_phantom_source(data.source),
+            "phantom": trained_on_phantom(data),
+            "sources": data.sources or None,
             "format": attrs.get("format", data.format),
             "image_root": data.image_root,
             "split": data.split,

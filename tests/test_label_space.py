@@ -64,7 +64,7 @@ def test_what_an_external_evaluation_compares():
                         "Consolidation", "Edema"]
     assert set(not_compared) == {"Infiltration", "Mass", "Nodule", "Emphysema", "Fibrosis",
                                  "Pleural_Thickening", "Hernia"}
-    assert not_compared["Hernia"] == "chexpert does not label it"
+    assert not_compared["Hernia"] == "chexpert does not label them"
     compared, not_compared = comparable_classes(CLASS_NAMES, "nih-google")
     assert compared == ["Pneumothorax", "Nodule or Mass"]  # Nodule or Mass from the model's Mass and Nodule
     assert "Mass" not in not_compared and "Nodule" not in not_compared and "Hernia" in not_compared

@@ -175,9 +175,7 @@ def check_dataset(source: Optional[PathLike], split_lists: Optional[Union[PathLi
     found = (table["path"] != "").to_numpy()
     report.rows = len(table)
     report.images_found = int(found.sum())
-    # The publishers' readers drop rows without an image and count them; the NIH and CSV checks keep them.
-    report.images_missing = int((~found).sum()) + int(table.attrs.get("missing_images", 0) if report.format
-                                                      not in ("chestxray14", "csv") else 0)
+    report.images_missing = int((~found).sum())
     report.missing_examples = table.loc[~found, "image_index"].head(3).tolist()
     report.image_root = table.attrs.get("image_root", "")
     report.duplicate_files = int(table.attrs.get("duplicate_images", 0))
@@ -214,7 +212,8 @@ def _read_table(report: CheckReport, root, label_path, image_root, class_names, 
 
         report.label_file = str(root)
         loader = getattr(_reader_module(report.format), READERS[report.format][1])
-        return loader(root, list(class_names or dataset_classes(report.format)), image_root=image_root)
+        return loader(root, list(class_names or dataset_classes(report.format)), image_root=image_root,
+                      keep_missing=True)
     class_names = CLASS_NAMES if class_names is None else class_names
     from can_tf.data.chestxray14 import find_label_file, index_images, parse_label_file, read_label_file
 

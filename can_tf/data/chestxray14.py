@@ -123,6 +123,18 @@ def index_images(root: os.PathLike, extensions: Sequence[str] = IMAGE_SUFFIXES) 
     return index
 
 
+def find_images(root: os.PathLike) -> ImageIndex:
+    """:func:`index_images`, warning once when a name occurs in several folders (the first is used)."""
+    images = index_images(root)
+    if images.duplicates:
+        name, others = next(iter(images.duplicates.items()))
+        logger.warning(
+            "%s image name(s) occur in more than one folder below %s; using the first found "
+            "(e.g. %s over %s); set data.image_root to pick one folder",
+            f"{len(images.duplicates):,}", images.root, images.paths[name], others[0])
+    return images
+
+
 def read_label_file(path: os.PathLike) -> pd.DataFrame:
     """Reads the label file as strings (blank cells stay ``""``), checking it has rows and columns."""
     path = Path(path)
@@ -219,13 +231,7 @@ def load_chestxray14(root: Optional[os.PathLike] = None, *, label_file: Optional
     label_file = Path(label_file) if label_file else find_label_file(root)
     root = Path(root) if root is not None else label_file.parent
     raw = read_label_file(label_file)
-    images = index_images(image_root if image_root is not None else root)
-    if images.duplicates:
-        name, others = next(iter(images.duplicates.items()))
-        logger.warning(
-            "%s image name(s) occur in more than one folder below %s; using the first found "
-            "(e.g. %s over %s); set data.image_root to pick one folder",
-            f"{len(images.duplicates):,}", images.root, images.paths[name], others[0])
+    images = find_images(image_root if image_root is not None else root)
     table, problems = parse_label_file(raw, label_file, images, class_names)
     fatal = [p for p in problems if p.fatal]
     if fatal:

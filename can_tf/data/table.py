@@ -47,22 +47,62 @@ MAX_AGE = 120.0  # years; NIH's first release had ages like 414 that are typos, 
 _AGE_UNITS = {"": 1.0, "Y": 1.0, "M": 12.0, "W": 52.0, "D": 365.0}
 
 
-def read_string_table(path: os.PathLike, what: str) -> pd.DataFrame:
+def read_string_table(path: os.PathLike, what: str, *, nrows: Optional[int] = None, usecols=None) -> pd.DataFrame:
     """Reads a CSV as strings (blank cells stay ``""``, headers stripped), with errors naming ``what``.
 
-    ``what`` is how the message names the file, e.g. ``"label file"`` or ``"CSV"``.
+    ``what`` is how the message names the file, e.g. ``"label file"`` or ``"CSV"``; ``nrows`` and
+    ``usecols`` are pandas' (``nrows=0``: the header only; ``usecols``: skip columns not needed).
     """
     path = Path(path)
     try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, nrows=nrows, usecols=usecols)
     except FileNotFoundError:
         raise DataError(f"{what} {path} does not exist") from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{what} {path} is empty (no header, no rows)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as e:
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError, ValueError) as e:
         raise DataError(f"cannot read {what} {path}: {e}") from None
     raw.columns = [str(c).strip() for c in raw.columns]
     return raw
+
+
+def line_numbers(lines, limit: int = 3) -> str:
+    """``line 4, line 9 and 2 more``: 1-based line numbers of a file (header = line 1) for messages.
+
+    Example:
+        >>> line_numbers([4, 9, 12, 30, 31])
+        'line 4, line 9, line 12 and 2 more'
+    """
+    lines = [int(n) for n in lines]
+    shown = ", ".join(f"line {n}" for n in lines[:limit])
+    rest = len(lines) - limit
+    return f"{shown} and {rest:,} more" if rest > 0 else shown
+
+
+def check_image_names(names: pd.Series, lines: np.ndarray, where: str, column: str) -> None:
+    """Every row of a label file names its image, once; else a DataError naming file, lines, column."""
+    lines = np.asarray(lines)
+    blank = (names == "").to_numpy()
+    if blank.any():
+        raise DataError(f"{where}, {line_numbers(lines[blank])}, column {column!r}: blank (every row names its image)")
+    repeated = names.duplicated(keep=False).to_numpy()
+    if repeated.any():
+        first = names[repeated].iloc[0]
+        raise DataError(f"{where}, column {column!r}: {first} is listed on "
+                        f"{line_numbers(lines[(names == first).to_numpy()])}; each image is listed once "
+                        f"({int(names[repeated].nunique()):,} image(s) repeated)")
+
+
+def check_images_in_one_file(first: pd.DataFrame, second: pd.DataFrame, column: str) -> None:
+    """No image in two label files of one data set (each split its own file); both frames carry
+    ``image_index``, ``file`` and ``line`` columns."""
+    both = second["image_index"].isin(first["image_index"]).to_numpy()
+    if both.any():
+        row = second.loc[both].iloc[0]
+        other = first.loc[first["image_index"] == row["image_index"]].iloc[0]
+        raise DataError(f"{row['file']}, line {row['line']}, column {column!r}: {row['image_index']} is "
+                        f"also in {other['file']} (line {other['line']}); an image belongs to one split "
+                        f"({int(both.sum()):,} image(s) in both)")
 
 
 def make_table(image_index, path, patient_id, labels: np.ndarray, class_names: Sequence[str], *,

@@ -248,7 +248,10 @@ class ExternalClasses:
 
     @property
     def sentence(self) -> str:
-        left_out = "; ".join(f"{c} ({why})" for c, why in self.not_compared.items())
+        by_reason = {}
+        for name, why in self.not_compared.items():
+            by_reason.setdefault(why, []).append(name)
+        left_out = "; ".join(f"{', '.join(names)} ({why})" for why, names in by_reason.items())
         return (f"on {self.dataset} data ({self.source}), {len(self.compared)} class(es) compared: "
                 f"{', '.join(self.compared)}" + (f". Not compared: {left_out}" if left_out else "") + ".")
 
