@@ -165,11 +165,22 @@ def test_blank_unknown_option(chexpert_root, train_rows):
         load_chexpert(chexpert_root, CLASSES, blank="zero")
 
 
+def test_uncertain_label_under_the_error_policy_names_its_cell(chexpert_root):
+    with pytest.raises(DataError) as e:
+        load_chexpert(chexpert_root, CLASSES, uncertainty="error")
+    message = str(e.value)
+    assert re.match(r"^.*train\.csv, line \d+, column '[^']+': '-1(\.0)?' \(uncertain\) is not allowed by "
+                    r"uncertainty 'error' \([\d,]+ such cell\(s\) in this column\); choose 'ignore', 'zeros' or "
+                    r"'ones' for it$", message), message
+    # valid.csv holds radiologists' labels, no -1: the strictest policy reads it.
+    assert len(load_chexpert(chexpert_root / "valid.csv", CLASSES, uncertainty="error")) > 0
+
+
 def test_unknown_policy_and_class_are_named(chexpert_root):
     with pytest.raises(DataError) as e:
         load_chexpert(chexpert_root, CLASSES, uncertainty={"Edema": "maybe"})
     assert str(e.value) == ("unknown uncertainty policy 'maybe' for uncertainty['Edema']: use one of "
-                            "'ignore', 'zeros', 'ones' (U-Ignore, U-Zeros, U-Ones)")
+                            "'ignore', 'zeros', 'ones', 'error' (U-Ignore, U-Zeros, U-Ones; 'error' refuses any -1)")
     with pytest.raises(DataError, match=r"^unknown uncertainty policy 'half' for uncertainty:"):
         load_chexpert(chexpert_root, CLASSES, uncertainty="half")
     with pytest.raises(DataError, match=r"unknown class 'Edemaa' for the uncertainty option.*did you mean 'Edema'"):

@@ -92,7 +92,8 @@ FOLDER_PREFIX = "CheXpert-v1.0"  # CheXpert-v1.0 and CheXpert-v1.0-small
 # Cell -> code: 1 positive, 0 negative, -1 uncertain, 2 blank (not mentioned).
 UNCERTAIN, BLANK = -1, 2
 LABEL_CODES = {"1.0": 1, "1": 1, "0.0": 0, "0": 0, "-1.0": UNCERTAIN, "-1": UNCERTAIN, "": BLANK}
-UNCERTAINTY_POLICIES = {"ignore": np.nan, "zeros": 0.0, "ones": 1.0}
+# "error": no uncertain label is expected (e.g. radiologists' labels); a -1 is refused, naming its cell.
+UNCERTAINTY_POLICIES = {"ignore": np.nan, "zeros": 0.0, "ones": 1.0, "error": None}
 BLANK_POLICIES = {"negative": 0.0, "unknown": np.nan}
 
 Policy = Union[str, Mapping[str, str], None]
@@ -100,7 +101,7 @@ Policy = Union[str, Mapping[str, str], None]
 
 # ---- label parsing (shared with MIMIC-CXR-JPG) ---------------------------------------------------
 def uncertainty_policies(uncertainty: Policy = "ignore", dataset: str = "chexpert") -> dict:
-    """``{observation: "ignore" | "zeros" | "ones"}`` for the 14 observations.
+    """``{observation: "ignore" | "zeros" | "ones" | "error"}`` for the 14 observations.
 
     ``uncertainty`` is one policy for all, or a dict keyed by CheXpert observation or can-tf class
     (``"Effusion"`` is ``"Pleural Effusion"``; case and separators are free); observations it does
@@ -160,6 +161,11 @@ def parse_observations(raw: pd.DataFrame, where: str, *, uncertainty: Policy = "
             more = f" ({len(rows) - 1:,} more such cell(s) in this column)" if len(rows) > 1 else ""
             raise DataError(f"{where}, line {rows[0] + 2}, column {name!r}: {raw[name].iloc[rows[0]]!r} "
                             f"is not one of 1, 0, -1 or blank{more}")
+        if policies[name] == "error" and (looked_up == UNCERTAIN).any():
+            rows = np.flatnonzero(np.isin(codes, np.flatnonzero((looked_up == UNCERTAIN).to_numpy())))
+            raise DataError(f"{where}, line {rows[0] + 2}, column {name!r}: {raw[name].iloc[rows[0]]!r} (uncertain) is "
+                            f"not allowed by uncertainty 'error' ({len(rows):,} such cell(s) in this column); "
+                            f"choose 'ignore', 'zeros' or 'ones' for it")
         values = {1: 1.0, 0: 0.0, UNCERTAIN: UNCERTAINTY_POLICIES[policies[name]], BLANK: BLANK_POLICIES[blank]}
         columns[name] = looked_up.map(values).to_numpy(dtype=np.float32)[codes]
     return columns
@@ -170,7 +176,7 @@ def _policy_name(value, what: str) -> str:
     text = text[2:] if text.startswith("u-") else text
     if text not in UNCERTAINTY_POLICIES:
         raise DataError(f"unknown uncertainty policy {value!r} for {what}: use one of "
-                        f"{', '.join(map(repr, UNCERTAINTY_POLICIES))} (U-Ignore, U-Zeros, U-Ones)")
+                        f"{', '.join(map(repr, UNCERTAINTY_POLICIES))} (U-Ignore, U-Zeros, U-Ones; 'error' refuses any -1)")
     return text
 
 
@@ -187,7 +193,7 @@ def read_header(path: os.PathLike) -> list:
     return [c.strip() for c in next(csv.reader([line]), [])]
 
 
-def find_images(base: os.PathLike, relative: pd.Series) -> np.ndarray:
+def locate_listed_images(base: os.PathLike, relative: pd.Series) -> np.ndarray:
     """Absolute path of each relative image path below ``base``, ``""`` where no file is there.
 
     The distinct two-level top folders (``CheXpert-v1.0-small/train``, ``files/p10``) are checked
@@ -336,7 +342,7 @@ def load_chexpert(source: os.PathLike, class_names: Sequence[str], *, image_root
 
     label_dir = files[0][0].parent
     base = _image_base(Path(image_root) if image_root is not None else label_dir, table["image_index"])
-    paths = find_images(base, table["image_index"])
+    paths = locate_listed_images(base, table["image_index"])
     labels = relabel({name: table[name].to_numpy() for name in OBSERVATIONS}, "chexpert", class_names)
     df = make_table(table["image_index"], paths, table["patient_id"], labels, class_names,
                     view=table["view"], age=table["age"], sex=table["sex"])

@@ -36,7 +36,7 @@ metadata must be in the split file with the same ``subject_id`` and ``study_id``
 two splits; otherwise a DataError names file, line (header = line 1) and column.
 
 Images: one ``os.path.isfile`` per row after one check per ``files/pNN`` folder (see
-:func:`can_tf.data.chexpert.find_images`: walking would list ~290k patient and study folders for
+:func:`can_tf.data.chexpert.locate_listed_images`: walking would list ~290k patient and study folders for
 the 377k files); missing images are counted (``df.attrs["missing_images"]``) and left out.
 
 Example:
@@ -56,7 +56,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from can_tf.data.chexpert import (OBSERVATIONS, Policy, class_names_for, duplicate_message, find_images,
+from can_tf.data.chexpert import (OBSERVATIONS, Policy, class_names_for, duplicate_message, locate_listed_images,
                                   parse_observations, read_header, uncertainty_policies)
 from can_tf.data.errors import DataError, preview
 from can_tf.data.label_space import relabel
@@ -151,7 +151,7 @@ def load_mimic(source: os.PathLike, class_names: Sequence[str], *, image_root: O
     relative = pd.Series(prefix + study.astype(str).astype(object) + "/" + dicom.to_numpy(dtype=object) + ".jpg",
                          dtype=object)
     base = _image_base(Path(image_root) if image_root is not None else folder)
-    paths = find_images(base, relative)
+    paths = locate_listed_images(base, relative)
     labels = relabel(columns, "mimic", class_names)
     df = make_table(relative, paths, subject_text, labels, class_names, view=normalise_view(meta["ViewPosition"]))
     df["official_split"] = official
