@@ -75,10 +75,14 @@ def fit(preset, config_file, data, run_dir, epochs, batch_size, overrides, exten
     if not result.is_chief:
         return
     click.echo("")
-    click.echo(_format_auroc_table(
-        result.test_auroc, result.test_mean_auroc,
-        f"Test AUROC of the best model (epoch {result.best_epoch}, "
-        f"{result.metrics.get('num_test_images')} images):"))
+    if result.metrics.get("num_test_images"):
+        click.echo(_format_auroc_table(
+            result.test_auroc, result.test_mean_auroc,
+            f"Test AUROC of the best model (epoch {result.best_epoch}, "
+            f"{result.metrics.get('num_test_images')} images):"))
+    else:
+        click.echo(f"No test split: nothing to report for the best model (epoch {result.best_epoch}); "
+                   f"evaluate it on other data with `can-tf evaluate {result.run_dir} --data ...`.")
     if result.stop_reason != "completed":
         click.echo(f"Stopped: {result.stop_reason}")
     click.echo(f"Run directory: {result.run_dir}")

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import click
@@ -174,6 +175,17 @@ def _no_space_left(error: BaseException):
     return None
 
 
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Python warnings as a user reads them: ``warning: <message>``, without the source line (-v keeps
+    Python's own format, file and line included).
+
+    Example:
+        >>> one_line_warning(UserWarning("class prevalence clamped"), UserWarning, "x.py", 3)
+        'warning: class prevalence clamped\\n'
+    """
+    return f"warning: {message}\n"
+
+
 class LazyGroup(click.Group):
     """A click group that imports a subcommand's module only when that subcommand is used.
 
@@ -192,6 +204,8 @@ class LazyGroup(click.Group):
         # its log lines first (can_tf.logs) unless CAN_TF_VERBOSE says otherwise.
         if ctx is not None and ctx.params.get("verbose"):
             os.environ[VERBOSE_ENV] = "1"
+        else:
+            warnings.formatwarning = one_line_warning
         module_name, attr, _ = COMMANDS[name]
         module = importlib.import_module(f"{__package__}.{module_name}")
         return getattr(module, attr)
