@@ -420,6 +420,22 @@ def test_grpc_against_a_stand_in_server_and_without_one(inputs, assets, capsys):
     assert err.endswith(f"); is TF Serving running at 127.0.0.1:{free}?\n")
 
 
+def test_grpc_client_in_a_fresh_process_prints_one_line_not_tensorflows_log(inputs):
+    """tensorflow_serving loads TensorFlow, whose C++ code logs on import: the client keeps it out."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("tensorflow_serving.apis.prediction_service_pb2_grpc", reason="needs tensorflow-serving-api")
+    free = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    run = subprocess.run([sys.executable, str(SERVING / "grpc_client.py"), str(inputs[0][0]), "--host", "127.0.0.1",
+                          "--port", str(free), "--timeout", "10"], capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 1
+    assert len(run.stderr.splitlines()) == 1, run.stderr
+    assert run.stderr.startswith(f"error: cannot reach TF Serving at 127.0.0.1:{free} (")
+
+
 SHARED = ("ClientError", "ImageRefused", "command_line", "run_files")
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 # serving_files.py lies beside this file: on sys.path when run as a script, not when loaded by path.
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving_files import SIGNATURE, ClientError, ImageRefused, command_line, run_files  # noqa: E402
+from serving_files import SIGNATURE, ClientError, ImageRefused, command_line, native_log_hidden, run_files  # noqa: E402
 
 INPUT_KEY = "image_bytes"  # the input name of the exported serving_default signature
 INSTALL_HINT = "the gRPC client needs tensorflow-serving-api: pip install tensorflow-serving-api"
@@ -36,9 +36,10 @@ INSTALL_HINT = "the gRPC client needs tensorflow-serving-api: pip install tensor
 def _serving_modules():
     """``(grpc, predict_pb2, prediction_service_pb2_grpc, tensor_pb2, tensor_shape_pb2, types_pb2)``."""
     try:
-        import grpc
-        from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+        with native_log_hidden():  # tensorflow_serving loads TensorFlow, which logs at import
+            import grpc
+            from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+            from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
     except ImportError:
         raise ClientError(INSTALL_HINT) from None
     return grpc, predict_pb2, prediction_service_pb2_grpc, tensor_pb2, tensor_shape_pb2, types_pb2

@@ -21,8 +21,11 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 SIGNATURE = "serving_default"
@@ -46,6 +49,31 @@ class ImageRefused(ClientError):
 
 
 # ---- files -------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def native_log_hidden():
+    """Keeps the lines TensorFlow's C++ code writes to file descriptor 2 while it loads (absl, oneDNN,
+    CUDA notices) out of the client's output; ``CLIENT_VERBOSE=1`` shows them. What was written is
+    shown after all when the block fails, so an import error's detail is not lost."""
+    if os.environ.get("CLIENT_VERBOSE", "") not in ("", "0"):
+        yield
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            log.seek(0)
+            sys.stderr.write(log.read())
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def image_problem(data: bytes):
     """None when ``data`` looks like a whole PNG or JPEG file, else the reason it does not."""
     if not data:
