@@ -219,6 +219,59 @@ def bootstrap_ci(
     )[metric]
 
 
+def patient_replicate_weights(
+    patient_ids, n_boot: int, seed: int = 0, *, num_images: Optional[int] = None
+):
+    """Image multiplicities of patient-bootstrap replicates, a block of replicates at a time.
+
+    These are the replicates :func:`bootstrap_metrics` draws for the same patients, ``n_boot`` and
+    ``seed``, so other statistics can share its resampling: replicate ``b`` draws ``P`` patient
+    codes with replacement (codes ``0..P-1`` number the patient ids sorted as strings), and an image
+    weighs as many times as its patient was drawn. A statistic that is a sum over images is then a
+    matrix product, ``weights @ per_image_values``.
+
+    Args:
+        patient_ids: ``(N,)`` patient of each image; ``None`` makes every image its own patient.
+        n_boot: number of replicates.
+        seed: seed of the draws.
+        num_images: ``N``; needed when ``patient_ids`` is ``None``, checked otherwise.
+
+    Returns:
+        An iterator of ``(start, stop, weights)``: ``weights`` is a ``(stop - start, N)`` float64
+        array of image multiplicities for replicates ``start..stop-1``.
+
+    Example:
+        >>> blocks = list(patient_replicate_weights(["a", "a", "b"], n_boot=4, seed=0))
+        >>> [(start, stop, w.shape) for start, stop, w in blocks]
+        [(0, 4, (4, 3))]
+        >>> w = blocks[0][2]
+        >>> bool((w[:, 0] == w[:, 1]).all())  # "a" keeps both of its images together
+        True
+        >>> (w[:, 0] + w[:, 2]).tolist()  # two patients drawn in every replicate
+        [2.0, 2.0, 2.0, 2.0]
+    """
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise EvaluationError(f"n_boot must be a positive integer, got {n_boot!r}")
+    if num_images is None:
+        if patient_ids is None:
+            raise EvaluationError("num_images is needed when patient_ids is None")
+        num_images = np.asarray(patient_ids, dtype=object).reshape(-1).shape[0]
+    if num_images < 1:
+        raise EvaluationError("no images to resample (0 rows)")
+    codes, num_patients = _patient_codes(patient_ids, int(num_images))
+    # Same block size and draw order as bootstrap_metrics, so the replicates are the same ones.
+    block = max(1, min(n_boot, _BLOCK_ELEMENTS // max(num_patients, int(num_images))))
+
+    def blocks():
+        rng = np.random.default_rng(seed)
+        for start in range(0, n_boot, block):
+            stop = min(n_boot, start + block)
+            counts = _draw_patient_counts(rng, stop - start, num_patients)
+            yield start, stop, counts[:, codes]
+
+    return blocks()
+
+
 def _patient_codes(patient_ids, num_images: int):
     """Maps patient ids to codes 0..P-1; ``None`` makes every image its own patient."""
     if patient_ids is None:
