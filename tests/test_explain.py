@@ -17,7 +17,7 @@ from can_tf.explanation.localization import (
     read_boxes,
     score_heatmap,
 )
-from can_tf.explanation.overlay import overlay_filename, overlay_heatmap, save_overlay
+from can_tf.explanation.overlay import overlay_filename, overlay_heatmap, overlay_layout, save_overlay
 
 
 # ---- localisation maths on constructed heat maps ------------------------------------------------
@@ -109,8 +109,10 @@ def test_save_overlay_writes_png_with_box(tmp_path):
     heatmap[2, 2] = 1.0
     path = save_overlay(tmp_path / "o.png", image, heatmap, boxes=[Box(20, 30, 10, 10)])
     written = np.asarray(Image.open(path))
-    assert written.shape == (64, 48, 3)
-    assert tuple(written[30, 25]) == (0, 255, 0)  # top edge of the green box
+    layout = overlay_layout(64, 48)  # upscaled 512 / 48 = 10.67x to 683 x 512, colour bar beside it
+    assert (layout.image_height, layout.image_width) == (683, 512)
+    assert written.shape == (layout.height, layout.width, 3)
+    assert tuple(written[320, 266]) == (0, 255, 0)  # top edge of the green box: y = 30 * 10.67 = 320
 
 
 # ---- CAM methods on small functional models -----------------------------------------------------
@@ -225,7 +227,9 @@ def test_cli_explain_writes_named_overlays_and_localisation_table(run_dir, phant
     assert result.exit_code == 0, result.output
     for n in names:
         overlay = out / f"{n[:-4]}_Cardiomegaly_gradcampp_branch_2.png"
-        assert Image.open(overlay).size == (64, 64)  # drawn on the original (64 px phantom)
+        # drawn on the original (64 px phantom) upscaled to 512 px, with colour bar and a 3-line caption
+        layout = overlay_layout(64, 64, caption_lines=3)
+        assert layout.image_width == 512 and Image.open(overlay).size == (layout.width, layout.height)
     table = pd.read_csv(out / "localization.csv")
     assert table.loc[table["finding"] == "Cardiomegaly", "boxes"].item() == len(names)
     assert "hit_rate" in result.output
@@ -271,7 +275,8 @@ def test_nih_boxes_are_scaled_from_the_original_image_size(run_dir, chestxray14_
     # 1024 -> 64 px: the box becomes (32, 32, 16, 16), 256 of 4096 heat map pixels.
     assert record.box_fraction == pytest.approx(256 / 4096)
     overlay = np.asarray(Image.open(result.overlays[str(image)]))
-    assert overlay.shape == (512, 512, 3)
+    layout = overlay_layout(512, 512, caption_lines=3)
+    assert layout.image_width == 512 and overlay.shape == (layout.height, layout.width, 3)  # not upscaled
     assert tuple(overlay[256, 300]) == (0, 255, 0)  # box top edge at y = 512 * 512 / 1024 = 256
     # Taken as the file's own 512 px space (the default), the box lands elsewhere.
     result = explain_files(run_dir, [str(image)], "Effusion", out_dir=tmp_path / "maps2",

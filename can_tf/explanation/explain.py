@@ -1,7 +1,9 @@
 """Heat maps for a list of image files: overlays on disk and, with boxes, a localisation table.
 
 :func:`explain_files` is what ``can-tf explain`` runs. Heat maps are computed at the model's input
-size; overlays are drawn on the image as read (full resolution), named after the original file
+size; overlays are drawn on the image as read, shown at 512 to 1024 px (smaller images are scaled
+up, larger ones down: :func:`can_tf.explanation.overlay.render_overlay`) with a colour bar and a
+caption of class, probability and method, named after the original file
 (``00000001_000_Cardiomegaly_gradcam.png``). With a box file, each image that has a box of the
 explained class is scored (:mod:`can_tf.explanation.localization`) at the heat map's resolution;
 ``result.box_summary`` says how many inputs have such a box, and when none has,
@@ -154,7 +156,9 @@ def explain_files(
                 side_y, side_x = original.shape
                 on_heatmap = [b.scaled(size / side_x, size / side_y) for b in on_original]
                 target = out_dir / overlay_filename(path, class_name, method, branch)
-                save_overlay(target, original, heatmap, boxes=on_original)
+                save_overlay(target, original, heatmap, boxes=on_original, class_name=class_name,
+                             probability=float(probability), method=method, branch=branch,
+                             title=Path(path).name)
                 result.overlays[path] = target
                 result.probabilities[path] = float(probability)
                 for box in on_heatmap:
