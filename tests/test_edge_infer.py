@@ -314,3 +314,63 @@ def test_dicom_rendered_like_a_viewer_or_named_without_pydicom(tmp_path, monkeyp
     with pytest.raises(edge.ImageRefused) as refused:
         edge.preprocess(plain, 4)
     assert refused.value.reason == "DICOM needs pydicom (pip install pydicom)"
+
+
+def test_metadata_alone_gives_labels_and_thresholds_without_companion_files(model, chestxray14_dir, tmp_path):
+    """The labels and thresholds packed in the model suffice, and win over stale files beside it."""
+    from can_tf.labels import CLASS_NAMES
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(model, alone / model.name)  # nothing beside it
+    image = support.real_images(chestxray14_dir, 1)[0]
+    run = support.run_without(SCRIPT, [alone / model.name, image, "--json"], cwd=tmp_path, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (line,) = [json.loads(text) for text in run.stdout.splitlines()]
+    assert list(line["probabilities"]) == list(CLASS_NAMES)
+    thresholds = dict(zip(CLASS_NAMES, support.THRESHOLDS))
+    assert line["findings"] == [c for c, p in line["probabilities"].items() if p >= thresholds[c]]
+    assert line["thresholds"] == "thresholds.json in the model"
+    assert sorted(alone.iterdir()) == [alone / model.name]
+
+    # Another model's labels.txt and thresholds.json beside it are not used.
+    (alone / "labels.txt").write_text("a\nb\n")
+    (alone / "thresholds.json").write_text(json.dumps({"thresholds": {c: 0.0 for c in CLASS_NAMES}}))
+    loaded = edge.Model(alone / model.name)
+    assert loaded.labels == list(CLASS_NAMES) and loaded.thresholds == thresholds
+    assert loaded.predict(image)["probabilities"] == line["probabilities"]
+
+
+def test_a_model_without_metadata_still_reads_the_files_beside_it(chestxray14_dir, tmp_path, capsys):
+    from can_tf.export.tflite import convert_tflite
+    from can_tf.labels import CLASS_NAMES
+
+    plain = tmp_path / "plain.tflite"
+    plain.write_bytes(convert_tflite(support.tiny_source(), "none", uint8_input=True))
+    image = str(support.real_images(chestxray14_dir, 1)[0])
+    assert edge.main([str(plain), image]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: cannot read {tmp_path / 'labels.txt'}")
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    assert edge.main([str(plain), image]) == 1
+    assert "has 14 outputs but" in capsys.readouterr().err
+    (tmp_path / "labels.txt").write_text("".join(f"{c}\n" for c in CLASS_NAMES))
+    result = edge.Model(plain).predict(image)
+    assert list(result["probabilities"]) == list(CLASS_NAMES) and result["thresholds"] == "0.5 (no thresholds.json)"
+    (tmp_path / "thresholds.json").write_text(json.dumps({"thresholds": {c: 0.3 for c in CLASS_NAMES}}))
+    assert edge.Model(plain).predict(image)["thresholds"] == "thresholds.json"
+
+
+def test_a_damaged_packed_archive_is_one_error_line(model, chestxray14_dir, tmp_path, capsys):
+    import zipfile
+
+    data = bytearray(model.read_bytes())
+    with zipfile.ZipFile(model) as archive:
+        info = archive.getinfo("labels.txt")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    data[start:start + 4] = b"XXXX"  # the labels' bytes no longer match their CRC
+    (tmp_path / model.name).write_bytes(bytes(data))
+    assert edge.main([str(tmp_path / model.name), str(support.real_images(chestxray14_dir, 1)[0])]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"error: cannot read the files packed in {tmp_path / model.name}: BadZipFile: Bad CRC-32")

@@ -249,3 +249,60 @@ def test_run_export_carries_its_provenance_and_names_the_images(tmp_path, phanto
     real = export_tflite(source, out, num_verify=2, overwrite=True)
     assert "on 2 images of /data/ChestX-ray14 " in real.summary() and PHANTOM_WARNING not in real.summary()
     assert json.loads((out / "can_none.provenance.json").read_text())["data"]["phantom"] is False
+
+
+def test_exported_file_carries_metadata_matching_its_companions(out_dir, chestxray14_dir):
+    from can_tf.export.tflite_metadata import read_metadata
+    from can_tf.labels import CLASS_NAMES
+
+    target = out_dir / "can_none.tflite"
+    if not target.exists():
+        support_export(out_dir, chestxray14_dir, "none", False)
+    info = read_metadata(target)
+    assert info["name"] == "can_none" and info["author"] == "can-tf" and info["license"]
+    assert info["input"]["name"] == "image" and info["output"]["name"] == "probabilities"
+    assert info["input"]["normalization"] == {"mean": [0.0], "std": [1.0]}
+    assert info["input"]["default_size"] == {"width": support.IMAGE_SIZE, "height": support.IMAGE_SIZE}
+    assert info["labels"] == list(CLASS_NAMES)
+    # The packed files are the companions' very text.
+    assert info["files"]["labels.txt"] == (out_dir / "labels.txt").read_bytes()
+    assert info["files"]["thresholds.json"] == (out_dir / "thresholds.json").read_bytes()
+    assert info["associated_files"] == ["labels.txt", "thresholds.json"]  # no model card was given
+    assert info["files"]["thresholds.json"] == support.tiny_source().threshold_set().to_text().encode()
+
+
+def test_model_card_is_packed_and_a_bad_one_refused(tmp_path, chestxray14_dir):
+    from can_tf.export import ExportError
+    from can_tf.export.tflite import export_tflite
+    from can_tf.export.tflite_metadata import read_metadata
+
+    card = json.dumps({"model_details": {"name": "can"}}).encode()
+    result = export_tflite(support.tiny_source(thresholds=None), tmp_path / "ok", uint8_input=True,
+                           images=support.real_images(chestxray14_dir, 2), num_verify=2, model_card=card)
+    info = read_metadata(result.path)
+    assert info["associated_files"] == ["labels.txt", "model_card.json"]  # no thresholds: none packed
+    assert info["files"]["model_card.json"] == card and info["input"]["normalization"] is None
+    assert result.size_bytes == result.path.stat().st_size
+    with pytest.raises(ExportError, match="model_card is not valid JSON"):
+        export_tflite(support.tiny_source(), tmp_path / "bad", images=support.real_images(chestxray14_dir, 1),
+                      num_verify=1, model_card=b"{not json")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_metadata_that_changed_the_outputs_is_not_published(tmp_path, chestxray14_dir, monkeypatch):
+    from can_tf.export import ExportError, tflite
+
+    calls = []
+    real = tflite.run_tflite
+
+    def run_tflite(model, images, batch_size=1):
+        calls.append(model)
+        result = real(model, images, batch_size)
+        return result if len(calls) == 1 else result + np.float32(1e-6)  # the packed file, off by 1e-6
+
+    monkeypatch.setattr(tflite, "run_tflite", run_tflite)
+    with pytest.raises(ExportError, match="other outputs once its metadata is added .*nothing was written"):
+        tflite.export_tflite(support.tiny_source(), tmp_path / "out", images=support.real_images(chestxray14_dir, 1),
+                             num_verify=1)
+    assert len(calls) == 2 and calls[1][4:8] == b"TFL3" and b"TFLITE_METADATA" in calls[1]
+    assert not (tmp_path / "out").exists()

@@ -14,12 +14,23 @@ Conversion is restricted to TFLite's builtin ops, so it fails instead of produci
 needs the Flex delegate (absent on most phones); the result is also checked for Flex/custom ops by
 loading it in ``ai_edge_litert``. Before the file is published it is run in ``ai_edge_litert`` on
 real images and compared with the Keras model (float32 within 1e-4, float16 within 1e-2, the
-int8 variants within a loose bound, their error reported). Beside the ``.tflite`` go
-``labels.txt``, ``thresholds.json`` (when the run has thresholds), ``<file stem>.json`` with the
-input size, dtype and scaling, and ``<file stem>.provenance.json``, the run's provenance record
-(which data the model learned from, see :mod:`can_tf.provenance`), when the source has one. They
-are written before the model is moved into place; if that fails (a full disk), the ones this
-export created are removed again.
+int8 variants within a loose bound, their error reported).
+
+Every published ``.tflite`` carries TFLite model metadata (:mod:`can_tf.export.tflite_metadata`,
+the format the LiteRT Task Library and Android Studio's ML model binding read): name, description,
+version, author, license, the input as a grayscale ``S x S`` image of raw pixels 0-255
+(normalisation mean 0, std 1 for float32, none for uint8), the output ``probabilities`` with
+``labels.txt`` as its axis labels, and packed inside the file (it is also a ZIP archive)
+``labels.txt``, ``thresholds.json`` (when the run has thresholds; the same text as the one beside
+the model) and ``model_card.json`` (:mod:`can_tf.model_card`; by default the run's card, built from
+its latest test-split evaluation). The file with metadata is run again on the check
+images and must give exactly the outputs of the file without.
+
+Beside the ``.tflite`` go ``labels.txt``, ``thresholds.json`` (when the run has thresholds),
+``<file stem>.json`` with the input size, dtype and scaling, and ``<file stem>.provenance.json``,
+the run's provenance record (which data the model learned from, see :mod:`can_tf.provenance`),
+when the source has one, and ``<file stem>.model_card.json`` / ``.md``. They are written before the model is moved into place; if that fails (a
+full disk), the ones this export created are removed again.
 
 Example:
     >>> from can_tf.export import export_tflite
@@ -40,6 +51,8 @@ import numpy as np
 
 from can_tf.export import versioning
 from can_tf.export.source import ExportSource, load_source, sample_images
+from can_tf.export.tflite_metadata import add_metadata, labels_text
+from can_tf.model_card import card_for_run, model_card_markdown, model_card_text
 from can_tf.export.verify import describe_images
 from can_tf.export.versioning import ExportError
 from can_tf.files import make_folders, remove_empty_folders, remove_stale_temporaries
@@ -50,9 +63,15 @@ from can_tf.runtime import LiteRTRuntime, quantize
 PathLike = Union[str, os.PathLike]
 
 QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")
+QUANTIZE_TEXT = {"none": "float32 weights", "float16": "float16 weights", "dynamic": "dynamic-range int8 weights",
+                 "int8": "full int8 (calibrated on training images)"}
 # Largest accepted |p_tflite - p_keras|. The int8 bounds are loose on purpose (quantisation error
 # depends on the model), but a broken conversion (wrong scaling, unfolded layers) is far off.
 TOLERANCES = {"none": 1e-4, "float16": 1e-2, "dynamic": 0.15, "int8": 0.15}
+MODEL_CARD_FILE = "model_card.json"
+METADATA_AUTHOR = "can-tf"
+METADATA_LICENSE = ("The weights are subject to the terms of the data they were trained on; "
+                    "can-tf itself is Apache-2.0.")
 
 
 def convert_tflite(source: ExportSource, quantize: str = "none", uint8_input: bool = False,
@@ -179,6 +198,7 @@ def export_tflite(
     overwrite: bool = False,
     tolerance: Optional[float] = None,
     max_pixels: Optional[int] = None,
+    model_card: Optional[bytes] = None,
 ) -> TFLiteExport:
     """Converts, checks and publishes ``<out_dir>/<name>_<quantize>[_uint8].tflite``.
 
@@ -196,10 +216,13 @@ def export_tflite(
         tolerance: allowed max absolute error; default from :data:`TOLERANCES`.
         max_pixels: the image size limit written for the edge script; default: the run's
             ``data.max_pixels``.
+        model_card: the model card as JSON bytes, packed into the file's metadata as
+            ``model_card.json``.
 
     Raises:
-        ExportError: the file exists, conversion needs non-builtin ops, the check failed, or the
-            disk is full; no file is left behind then.
+        ExportError: the file exists, conversion needs non-builtin ops, the check failed (with or
+            without the metadata), the model card is not JSON, or the disk is full; no file is
+            left behind then.
 
     Example:
         >>> export_tflite("runs/small-1a2b3c4d", "out", quantize="float16")  # doctest: +SKIP
@@ -213,6 +236,13 @@ def export_tflite(
     target = out_dir / f"{stem}.tflite"
     if target.exists() and not overwrite:
         raise ExportError(f"{target} already exists; pass --overwrite to replace it")
+    provenance = getattr(source, "provenance", None)
+    if model_card is None:  # the run's own card: its data, its latest test evaluation, its limits
+        model_card = model_card_text(card_for_run(
+            source.run_dir, provenance, name=name, export=f"TFLite, {QUANTIZE_TEXT[quantize]}"
+            + (", uint8 input" if uint8_input else ""), thresholds=source.threshold_set(),
+            temperatures=source.temperatures)).encode("utf-8")
+    _check_model_card(model_card)
     samples = sample_images(source, images, limit=max(num_calibration, num_verify))
     check_images = _pixels(samples.images[:num_verify], uint8_input).astype(np.float32)
     expected = source.probabilities(np.repeat(check_images, 3, -1) if source.input_channels == 3 else check_images)
@@ -224,18 +254,21 @@ def export_tflite(
     actual = run_tflite(model, check_images)
     error = float(np.max(np.abs(actual - expected)))
     tolerance = TOLERANCES[quantize] if tolerance is None else tolerance
-    provenance = getattr(source, "provenance", None)
     checked_on = describe_images(len(check_images), images, provenance, source.run_dir)
     if not error <= tolerance:
         raise ExportError(
             f"the {quantize} TFLite model differs from the Keras model by up to {error:.3g} "
             f"(allowed {tolerance:g}) on {checked_on}; nothing was written"
         )
+    model = _with_metadata(model, source, stem, quantize, uint8_input, provenance, model_card, check_images, actual)
 
     remove_stale_temporaries(out_dir)  # temporary files of killed exports
     created_folders, created_files = [], []
     max_pixels = source.max_pixels if max_pixels is None else int(max_pixels)
     companions = _companions(source, stem, quantize, uint8_input, overwrite, provenance, max_pixels)
+    card = json.loads(bytes(model_card).decode("utf-8"))
+    companions[f"{stem}.model_card.json"] = (model_card_text(card), True)
+    companions[f"{stem}.model_card.md"] = (model_card_markdown(card), True)
 
     def write(tmp):
         # The companions go in before the model is moved into place, so a published model always has them.
@@ -270,7 +303,7 @@ def export_tflite(
 
 def _companions(source, stem, quantize, uint8_input, overwrite, provenance, max_pixels) -> dict:
     """``{file name: (text, replace if it exists)}`` of the files that travel with ``<stem>.tflite``."""
-    files = {"labels.txt": ("".join(f"{n}\n" for n in source.class_names), overwrite)}
+    files = {"labels.txt": (labels_text(source.class_names), overwrite)}
     if source.threshold_set() is not None:
         files["thresholds.json"] = (source.threshold_set().to_text(), overwrite)
     metadata = {
@@ -292,3 +325,49 @@ def _companions(source, stem, quantize, uint8_input, overwrite, provenance, max_
     if provenance is not None:
         files[f"{stem}.provenance.json"] = (json.dumps(provenance, indent=2) + "\n", True)
     return files
+
+
+def _check_model_card(model_card) -> None:
+    if model_card is None:
+        return
+    if not isinstance(model_card, (bytes, bytearray)):
+        raise ExportError(f"model_card must be the JSON bytes of {MODEL_CARD_FILE}, got {type(model_card).__name__}")
+    try:
+        json.loads(bytes(model_card).decode("utf-8"))
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise ExportError(f"model_card is not valid JSON for {MODEL_CARD_FILE}: {e}") from None
+
+
+def _with_metadata(model: bytes, source, stem, quantize, uint8_input, provenance, model_card, images,
+                   expected) -> bytes:
+    """``model`` with its TFLite metadata, after checking it still runs and gives ``expected``."""
+    from can_tf import __version__
+
+    threshold_set = source.threshold_set()
+    names = list(source.class_names)
+    description = (f"Cross-Attention Network (can-tf) for {len(names)} findings on frontal chest radiographs "
+                   f"({', '.join(names)}). Multi-label: one independent sigmoid probability per finding; "
+                   f"a finding is reported when its probability is >= its threshold in thresholds.json "
+                   f"(0.5 without one). Input: one grayscale {source.image_size} x {source.image_size} image, "
+                   f"raw pixel values 0-255 ({'uint8' if uint8_input else 'float32'}), resized antialiased "
+                   f"bilinear (aspect: {source.aspect}). Weights: {quantize}.")
+    warning = phantom_warning(provenance)
+    if warning:
+        description = f"{warning.strip('*')} {description}"
+    origin = source.run_dir or source.model_path
+    version = f"{Path(origin).name if origin else stem} (can-tf {__version__})"
+    extra = {}
+    if model_card is not None:
+        extra[MODEL_CARD_FILE] = (bytes(model_card), "Model card (Model Card Toolkit JSON): training data, "
+                                                     "evaluation, intended uses and limitations.")
+    packed = add_metadata(model, class_names=names, name=stem, description=description, version=version,
+                          author=METADATA_AUTHOR, license=METADATA_LICENSE,
+                          input_dtype="uint8" if uint8_input else "float32", image_size=source.image_size,
+                          channels=1, thresholds=threshold_set.to_text() if threshold_set is not None else None,
+                          associated_files=extra)
+    # What is published is the packed file: it must load and compute exactly what was checked.
+    actual = run_tflite(packed, images)
+    if not np.array_equal(actual, expected):
+        raise ExportError(f"the {quantize} TFLite model gives other outputs once its metadata is added (up to "
+                          f"{float(np.max(np.abs(actual - expected))):.3g} apart); nothing was written")
+    return packed

@@ -1,10 +1,12 @@
 """Runs a can-tf ``.tflite`` model on chest radiographs: ai-edge-litert, numpy and Pillow only.
 
-Reads ``labels.txt`` (and ``thresholds.json`` and ``<model stem>.json`` when present) from the
-model's folder, turns each image into what the model was trained on, feeds it as uint8 or float32
-pixels in [0, 255] as the model's input says, and prints the findings (``--json``: one JSON object
-a line). PNG, JPEG and (with ``pip install pydicom``) DICOM files are recognised by their first
-bytes, not their names.
+Reads ``labels.txt`` and ``thresholds.json`` from inside the model when it carries them (a can-tf
+export packs them as its TFLite metadata's associated files: the ``.tflite`` is also a ZIP
+archive), else from the model's folder, and ``<model stem>.json`` from the model's folder when
+present; turns each image into what the model was trained on, feeds it as uint8 or float32 pixels
+in [0, 255] as the model's input says, and prints the findings (``--json``: one JSON object a
+line; the threshold source is named in each result). PNG, JPEG and (with ``pip install pydicom``)
+DICOM files are recognised by their first bytes, not their names.
 
 Preprocessing follows can-tf's TensorFlow pipeline as closely as numpy and Pillow allow: one float
 luminance channel (``0.299 R + 0.587 G + 0.114 B``; gray and gray+alpha keep their first channel;
@@ -31,6 +33,7 @@ import os
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -274,15 +277,40 @@ def read_metadata(model_path: Path) -> dict:
     return settings
 
 
+def packed_files(model_path: Path, names=("labels.txt", "thresholds.json")) -> dict:
+    """``{name: bytes}`` of the files among ``names`` packed in the model (its TFLite metadata's
+    associated files, a ZIP archive after the flatbuffer); {} for a model without them."""
+    try:
+        archive = zipfile.ZipFile(model_path)
+    except zipfile.BadZipFile:  # a plain flatbuffer: no metadata files
+        return {}
+    except OSError as exc:
+        raise UsageError(f"cannot read {model_path}: {exc.strerror or exc}") from None
+    try:
+        with archive:
+            present = set(archive.namelist())
+            return {name: archive.read(name) for name in names if name in present}
+    except Exception as exc:  # a damaged archive: bad CRC (a BadZipFile too), truncated member
+        raise UsageError(f"cannot read the files packed in {model_path}: {type(exc).__name__}: {exc}") from None
+
+
+def parse_thresholds(text: str, where) -> dict:
+    try:
+        values = json.loads(text)
+        return {k: float(v) for k, v in values.get("thresholds", {}).items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise UsageError(f"cannot read {where}: {exc}") from None
+
+
 def read_thresholds(folder: Path) -> dict:
     path = folder / "thresholds.json"
     if not path.is_file():
         return {}
     try:
-        values = json.loads(path.read_text())
-        return {k: float(v) for k, v in values.get("thresholds", {}).items()}
-    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        text = path.read_text()
+    except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc}") from None
+    return parse_thresholds(text, path)
 
 
 class Model:
@@ -292,13 +320,28 @@ class Model:
         model_path = Path(model_path)
         if not model_path.is_file():
             raise UsageError(f"cannot load model {model_path}: file not found")
+        # Files packed in the model belong to it; the ones beside it may be another model's.
+        packed = packed_files(model_path)
         labels_path = model_path.parent / "labels.txt"
-        try:
-            self.labels = labels_path.read_text().split()
-        except OSError as exc:
-            raise UsageError(f"cannot read {labels_path} (the class names, beside the model): "
-                             f"{exc.strerror or exc}") from None
-        self.thresholds = read_thresholds(model_path.parent)
+        if "labels.txt" in packed:
+            labels_path = f"labels.txt in {model_path}"
+            try:
+                self.labels = packed["labels.txt"].decode("utf-8").split()
+            except UnicodeDecodeError as exc:
+                raise UsageError(f"cannot read {labels_path}: {exc}") from None
+        else:
+            try:
+                self.labels = labels_path.read_text().split()
+            except OSError as exc:
+                raise UsageError(f"cannot read {labels_path} (the class names, beside the model): "
+                                 f"{exc.strerror or exc}") from None
+        if "thresholds.json" in packed:
+            self.thresholds = parse_thresholds(packed["thresholds.json"].decode("utf-8", "replace"),
+                                               f"thresholds.json in {model_path}")
+            self.thresholds_source = "thresholds.json in the model"
+        else:
+            self.thresholds = read_thresholds(model_path.parent)
+            self.thresholds_source = "thresholds.json"
         settings = read_metadata(model_path)
         self.aspect = settings["aspect"]
         self.max_pixels = settings["max_pixels"] if max_pixels is None else int(max_pixels)
@@ -342,7 +385,7 @@ class Model:
             "probabilities": dict(zip(self.labels, probabilities.tolist())),
             "findings": [label for label, p in zip(self.labels, probabilities)
                          if p >= self.thresholds.get(label, 0.5)],
-            "thresholds": "thresholds.json" if self.thresholds else "0.5 (no thresholds.json)",
+            "thresholds": self.thresholds_source if self.thresholds else "0.5 (no thresholds.json)",
             "inference_ms": elapsed_ms,
         }
 
@@ -392,7 +435,8 @@ def _positive_int(text: str) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Chest X-ray findings from a can-tf .tflite model.")
-    parser.add_argument("model", type=Path, help=".tflite file (labels.txt beside it)")
+    parser.add_argument("model", type=Path, help=".tflite file (labels.txt and thresholds.json packed in it, "
+                                                 "else beside it)")
     parser.add_argument("images", type=Path, nargs="+", help="PNG, JPEG or DICOM radiographs")
     parser.add_argument("--threads", type=_positive_int, default=2)
     parser.add_argument("--json", action="store_true",
