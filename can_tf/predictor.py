@@ -45,6 +45,7 @@ from can_tf.runtime import FunctionRuntime, Runtime, open_runtime, runtime_forma
 from can_tf.runtime import latest_version as _latest_version
 
 THRESHOLDS_FILE = "thresholds.json"
+CALIBRATION_FILE = "calibration.json"
 CONFIG_FILE = "config.yaml"
 LABELS_FILE = "labels.txt"
 PROVENANCE_FILE = "provenance.json"
@@ -231,6 +232,7 @@ class Predictor:
         self.provenance = provenance
         self.aspect = check_aspect(aspect)  # the model's image rules (data.aspect, data.max_pixels)
         self.max_pixels = max_pixels
+        self.temperatures = None  # the calibration this predictor applies (Keras formats), or None
 
     @property
     def warning(self) -> Optional[str]:
@@ -251,15 +253,29 @@ class Predictor:
         return model
 
     @classmethod
-    def load(cls, model_path: str | os.PathLike, *, use_thresholds: bool = True) -> "Predictor":
-        """Loads ``model_path`` (run dir, ``.keras``, SavedModel folder, ``.tflite``) and its metadata."""
-        from can_tf.run import read_config, read_thresholds, run_of_model
+    def load(cls, model_path: str | os.PathLike, *, use_thresholds: bool = True,
+             use_calibration: bool = True) -> "Predictor":
+        """Loads ``model_path`` (run dir, ``.keras``, SavedModel folder, ``.tflite``) and its metadata.
+
+        A run's ``calibration.json`` (temperatures fitted by ``can-tf evaluate``) is applied to a
+        Keras model's logits unless ``use_calibration=False`` (what evaluation uses to fit them);
+        exports have it baked into their graph already.
+        """
+        from can_tf.run import read_config, read_temperatures, read_thresholds, run_of_model
 
         path = Path(model_path)
         fmt = model_format(path)
         run = run_of_model(path) if fmt in ("run", "keras") else None
         weights = run.best_model if fmt == "run" else path
-        runtime = open_runtime(weights, "keras" if fmt == "run" else fmt)
+        temperatures = None
+        if use_calibration and fmt in ("run", "keras"):
+            calibration = run.calibration_path if run is not None else path.parent / CALIBRATION_FILE
+            if calibration.is_file():
+                temperatures = read_temperatures(calibration)
+        if fmt in ("run", "keras"):
+            runtime = open_runtime(weights, "keras", temperatures=None if temperatures is None else temperatures.values)
+        else:
+            runtime = open_runtime(weights, fmt)
 
         config_path = run.config_path if run is not None else find_metadata(path, CONFIG_FILE)
         config = read_config(config_path) if config_path else None
@@ -288,10 +304,15 @@ class Predictor:
             thresholds_path = run.thresholds_path if run is not None else find_metadata(path, THRESHOLDS_FILE)
             if thresholds_path is not None and thresholds_path.is_file():
                 thresholds = read_thresholds(thresholds_path, class_names)
+        if temperatures is not None and list(temperatures.class_names) != list(class_names):
+            raise ModelFileError(f"{calibration} calibrates classes {', '.join(temperatures.class_names)}, but model "
+                                 f"{path} has {', '.join(class_names)}; run `can-tf evaluate` again to refit it")
         aspect, max_pixels = _image_rules(path, config)
-        return cls(runtime, image_size=image_size, class_names=class_names, thresholds=thresholds,
-                   format=fmt, path=str(path), provenance=read_provenance(path, run), aspect=aspect,
-                   max_pixels=max_pixels)
+        predictor = cls(runtime, image_size=image_size, class_names=class_names, thresholds=thresholds,
+                        format=fmt, path=str(path), provenance=read_provenance(path, run), aspect=aspect,
+                        max_pixels=max_pixels)
+        predictor.temperatures = temperatures
+        return predictor
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """float32 ``(B, S, S, 1)`` in [0, 255] -> probabilities ``(B, C)``.

@@ -213,6 +213,7 @@ class Run:
     tensorboard = property(lambda self: self.root / "tensorboard")
     metrics = property(lambda self: self.root / "metrics.json")
     thresholds_path = property(lambda self: self.root / "thresholds.json")
+    calibration_path = property(lambda self: self.root / "calibration.json")
     lock_file = property(lambda self: self.root / ".lock")
     state_file = property(lambda self: self.checkpoint / "state.json")
 
@@ -254,6 +255,11 @@ class Run:
     def thresholds(self, class_names: Optional[Sequence[str]] = None):
         """The run's :class:`~can_tf.evaluation.thresholds.Thresholds`, or None when there are none."""
         return read_thresholds(self.thresholds_path, class_names) if self.thresholds_path.is_file() else None
+
+    def temperatures(self, class_names: Optional[Sequence[str]] = None):
+        """The temperatures ``can-tf evaluate`` fitted on the validation split
+        (:class:`~can_tf.evaluation.calibration.Temperatures`), or None when there are none."""
+        return read_temperatures(self.calibration_path, class_names) if self.calibration_path.is_file() else None
 
     def history_rows(self) -> list[dict]:
         return read_history(self.history)
@@ -583,6 +589,14 @@ def read_thresholds(path, class_names: Optional[Sequence[str]] = None):
     from can_tf.evaluation.thresholds import Thresholds
 
     return Thresholds.from_json(path, class_names=class_names)
+
+
+def read_temperatures(path, class_names: Optional[Sequence[str]] = None):
+    """:class:`~can_tf.evaluation.calibration.Temperatures` from a ``calibration.json`` (the one
+    reader), checked against ``class_names`` when given."""
+    from can_tf.evaluation.calibration import Temperatures
+
+    return Temperatures.from_json(path, class_names=class_names)
 
 
 def is_run_dir(path) -> bool:

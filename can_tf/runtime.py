@@ -143,11 +143,15 @@ def load_keras_model(path: PathLike, error: Optional[Callable[[str], Exception]]
 
 
 class KerasRuntime(Runtime):
-    """A Keras model (a ``.keras`` path or a model in memory); ``model`` is the loaded model."""
+    """A Keras model (a ``.keras`` path or a model in memory); ``model`` is the loaded model.
+
+    ``temperatures`` (per-class, from the run's ``calibration.json``) divide the fused logits before
+    the sigmoid, inside the graph, as every export does it.
+    """
 
     format = "keras"
 
-    def __init__(self, model):
+    def __init__(self, model, temperatures=None):
         import tensorflow as tf
 
         from can_tf.models import inference_model
@@ -156,7 +160,7 @@ class KerasRuntime(Runtime):
             self.path = str(model)
             model = load_keras_model(model)
         self.model = model
-        self.inference = inference_model(model)
+        self.inference = inference_model(model, temperatures)
         self.image_size = int(self.inference.inputs[0].shape[1])
         self.num_classes = int(self.inference.outputs[0].shape[-1])
         self.input_dtype = np.dtype(getattr(self.inference.inputs[0], "dtype", "float32"))

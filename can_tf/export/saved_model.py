@@ -15,12 +15,21 @@ holds the weights the fused output needs exactly once and no optimizer state. It
   aspect policy and resize); pixels that are not finite or look wrongly scaled ([0, 1], [-1, 1],
   above 255) are refused (:func:`can_tf.images.assert_pixels`).
 - ``metadata``: no inputs; ``class_names`` ``(C,)``, ``thresholds`` ``(C,)`` (NaN when the run had
-  none), ``image_size``, ``max_pixels`` and ``aspect``.
+  none), ``temperatures`` ``(C,)`` (1 when the run is not calibrated), ``image_size``, ``max_pixels``
+  and ``aspect``.
 
 Both image signatures return ``probabilities`` and ``logits`` float32 ``(B, C)``. The export's
 ``assets/`` hold ``labels.txt`` (one class a line, output order), ``thresholds.json`` when the run
 has one, and the run's ``config.yaml``; ``assets.extra/provenance.json`` is the run's provenance
-record (which data the model learned from, see :mod:`can_tf.provenance`) when the source has one.
+record (which data the model learned from, see :mod:`can_tf.provenance`) when the source has one;
+``assets.extra/tf_serving_warmup_requests`` holds TF Serving warm-up requests made of the
+verification images, replayed through the staged export before it is published
+(:mod:`can_tf.export.warmup`); ``assets.extra/model_card.json`` and ``model_card.md`` are the model's
+card (:mod:`can_tf.model_card`: its data, its latest test-split evaluation with intervals and
+subgroups, intended use and limitations). A calibrated run's temperatures
+(``calibration.json``, fitted by ``can-tf evaluate``) are baked into the graph: ``logits`` are the
+fused logits divided by them and ``probabilities`` their sigmoid, the same numbers ``can-tf
+predict`` gives on the run; ``assets/calibration.json`` records them and ``metadata`` returns them.
 
 It is published in TF Serving's layout ``<base>/<name>/<version>/`` only after a fresh Python process
 that does not import can_tf has loaded it and reproduced the Keras model's probabilities on real
@@ -45,13 +54,14 @@ from typing import Optional, Union
 import numpy as np
 import tensorflow as tf
 
-from can_tf.export import versioning
+from can_tf.export import versioning, warmup
 from can_tf.export.source import ExportSource, load_source, sample_images
 from can_tf.export.verify import VerificationError, VerificationReport, describe_images, verify_saved_model
 from can_tf.export.versioning import ExportError
 from can_tf.files import (make_folders, remove_empty_folders, remove_stale_temporaries, staging_folder,
                           write_json)
 from can_tf.images import DEFAULT_MAX_PIXELS, checked_decode, pixels_to_model_input
+from can_tf.model_card import card_for_run, write_model_card
 from can_tf.provenance import phantom_warning
 
 PathLike = Union[str, os.PathLike]
@@ -75,12 +85,15 @@ class ServingModule(tf.Module):
     """
 
     def __init__(self, logits_model, class_names, image_size: int, thresholds=None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, aspect: str = "stretch", assets: Optional[dict] = None):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, aspect: str = "stretch", assets: Optional[dict] = None,
+                 temperatures=None):
         super().__init__(name="can_tf_serving")
         self.assets = {name: tf.saved_model.Asset(str(path)) for name, path in (assets or {}).items()}
         num_classes = len(class_names)
         channels = int(logits_model.inputs[0].shape[-1])
         thresholds = [float("nan")] * num_classes if thresholds is None else [float(t) for t in thresholds]
+        # Informational: logits_model already divides by them (ExportSource.logits_model).
+        temperatures = [1.0] * num_classes if temperatures is None else [float(t) for t in temperatures]
 
         def outputs(model_input):
             if channels == 3:
@@ -113,6 +126,7 @@ class ServingModule(tf.Module):
             return {
                 "class_names": tf.constant(list(class_names), tf.string),
                 "thresholds": tf.constant(thresholds, tf.float32),
+                "temperatures": tf.constant(temperatures, tf.float32),
                 "image_size": tf.constant(image_size, tf.int32),
                 "max_pixels": tf.constant(max_pixels, tf.int64),
                 "aspect": tf.constant(aspect, tf.string),
@@ -142,9 +156,11 @@ class SavedModelExport:
     version: int
     verification: VerificationReport
     provenance: Optional[dict] = None
+    warmup_requests: int = 0  # records in assets.extra/tf_serving_warmup_requests
 
     def summary(self) -> str:
-        lines = [f"SavedModel version {self.version} at {self.path}", self.verification.summary()]
+        warm = f", with {self.warmup_requests} TF Serving warm-up requests" if self.warmup_requests else ""
+        lines = [f"SavedModel version {self.version} at {self.path}{warm}", self.verification.summary()]
         warning = phantom_warning(self.provenance)
         return "\n".join(lines + ([warning] if warning else []))
 
@@ -207,12 +223,19 @@ def export_saved_model(
             source.logits_model(), source.class_names, source.image_size, source.thresholds,
             max_pixels=source.max_pixels if max_pixels is None else int(max_pixels), aspect=source.aspect,
             assets=_write_assets(source, asset_dir),
+            temperatures=None if source.temperatures is None else source.temperatures.values,
         )
         tf.saved_model.save(module, str(staging), signatures=module.signatures())
         versioning.discard(asset_dir)
         if provenance is not None:
             # assets.extra: TF Serving's place for files beside the model that the graph does not read.
             write_json(staging / "assets.extra" / "provenance.json", provenance)
+        write_model_card(staging / "assets.extra", card_for_run(
+            source.run_dir, provenance, name=name, export=f"SavedModel for TF Serving, model name {name!r}",
+            thresholds=source.threshold_set(), temperatures=source.temperatures))
+        # Replayed here as TF Serving will at load time: a broken record fails the export, not the server.
+        warmup_requests = warmup.add_warmup_requests(staging, samples.paths, samples.images, name, expected,
+                                                     atol=atol)
         report = verify_saved_model(
             staging, samples.paths, samples.images, expected, class_names=source.class_names,
             num_weights=source.num_weights, atol=atol, images_description=described,
@@ -226,10 +249,11 @@ def export_saved_model(
             e, _failed_path(e, model_dir), "nothing was published and the partial export was removed")
         if full:
             raise full from None
-        if isinstance(e, VerificationError):
+        if isinstance(e, (VerificationError, warmup.WarmupError)):
             raise ExportError(f"the export was not published (nothing was left behind): {e}") from None
         raise
-    return SavedModelExport(path=path, version=int(path.name), verification=report, provenance=provenance)
+    return SavedModelExport(path=path, version=int(path.name), verification=report, provenance=provenance,
+                            warmup_requests=warmup_requests)
 
 
 def _failed_path(error: BaseException, model_dir: Path) -> Path:
@@ -256,6 +280,9 @@ def _write_assets(source: ExportSource, folder: Path) -> dict:
     if source.threshold_set() is not None:
         assets["thresholds"] = folder / "thresholds.json"
         assets["thresholds"].write_text(source.threshold_set().to_text(), encoding="utf-8")
+    if source.temperatures is not None:
+        assets["calibration"] = folder / "calibration.json"
+        assets["calibration"].write_text(source.temperatures.to_text(), encoding="utf-8")
     if source.config_path is not None:
         assets["config"] = folder / "config.yaml"
         shutil.copyfile(source.config_path, assets["config"])

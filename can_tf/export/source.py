@@ -48,6 +48,9 @@ class ExportSource:
         provenance: where the model comes from (data, splits, preset, epoch, versions), or None.
         aspect: how non-square images are made square (the run's ``data.aspect``).
         max_pixels: the largest image accepted (the run's ``data.max_pixels``).
+        temperatures: the run's calibration (:class:`~can_tf.evaluation.calibration.Temperatures`,
+            fitted by ``can-tf evaluate``), or None. Baked into every export: its logits are the
+            fused logits divided by them, its probabilities their sigmoid (what ``predict`` gives).
     """
 
     model: object
@@ -61,6 +64,7 @@ class ExportSource:
     provenance: Optional[dict] = None  # the run's record (can_tf.provenance), carried into every export
     aspect: str = "stretch"
     max_pixels: int = DEFAULT_MAX_PIXELS
+    temperatures: Optional[object] = None
 
     def threshold_set(self):
         """The thresholds as a :class:`~can_tf.evaluation.thresholds.Thresholds` (what every export
@@ -94,13 +98,15 @@ class ExportSource:
         return int(sum(np.prod(v.shape) for v in self.logits_model().weights))
 
     def logits_model(self):
-        """A single-output Keras view: input image -> fused logits ``(B, C)`` (float32).
+        """A single-output Keras view: input image -> fused logits ``(B, C)`` (float32), divided
+        by :attr:`temperatures` when the run is calibrated.
 
         It shares the trained layers (and variables); only the layers the fused output needs are in
         it, so the branch heads used only by the training loss are not exported.
         """
-        if getattr(self, "_logits_model", None) is None:
-            self._logits_model = _logits_view(self.model)
+        key = self._temperature_values()
+        if getattr(self, "_logits_model", None) is None or self._logits_key != key:
+            self._logits_model, self._logits_key = _logits_view(self.model, key), key
             width = self._logits_model.outputs[0].shape[-1]
             if width != len(self.class_names):
                 raise ExportError(
@@ -121,10 +127,11 @@ class ExportSource:
         from can_tf.images import check_pixels
 
         images = check_pixels(images)
-        if getattr(self, "_reference", None) is None:
+        key = self._temperature_values()
+        if getattr(self, "_reference", None) is None or self._reference_key != key:
             from can_tf.models import inference_model
 
-            self._reference = inference_model(self.model)
+            self._reference, self._reference_key = inference_model(self.model, key), key
         reference = self._reference
         # Full float32 maths: on a GPU, TensorFloat-32 alone would move probabilities by ~1e-3.
         tf32 = tf.config.experimental.tensor_float_32_execution_enabled()
@@ -137,7 +144,16 @@ class ExportSource:
         return np.concatenate(outputs).astype(np.float32)
 
 
-def _logits_view(model):
+    def _temperature_values(self) -> Optional[tuple]:
+        if self.temperatures is None:
+            return None
+        if list(self.temperatures.class_names) != list(self.class_names):
+            raise ExportError(f"the calibration is for classes {', '.join(self.temperatures.class_names)}, "
+                              f"not the model's {', '.join(self.class_names)}; run `can-tf evaluate` again")
+        return tuple(float(t) for t in self.temperatures.values)
+
+
+def _logits_view(model, temperatures: Optional[tuple] = None):
     import keras
 
     output = model.output
@@ -161,6 +177,8 @@ def _logits_view(model):
                 f"the model's last layer {layer.name!r} applies the sigmoid itself; export the "
                 f"training model (best.keras) so that logits are available"
             )
+    if temperatures is not None and any(t != 1.0 for t in temperatures):
+        logits = keras.ops.divide(keras.ops.cast(logits, "float32"), np.asarray(temperatures, np.float32))
     return keras.Model(model.inputs, logits, name="fused_logits")
 
 
@@ -199,6 +217,7 @@ def load_source(path: PathLike) -> ExportSource:
             thresholds = None
             if run.thresholds_path.is_file():
                 thresholds = run.thresholds(list(config.data.class_names))
+            source.temperatures = run.temperatures(list(config.data.class_names))
         except ConfigError as e:
             raise ExportError(f"cannot read the run's config {run.config_path}: {e}") from None
         except (RunError, ValueError) as e:

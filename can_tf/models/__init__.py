@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 from can_tf.models.backbones import BACKBONES, build_backbone, load_backbone_weights
 from can_tf.models.baseline import BaselineModel
@@ -34,6 +35,7 @@ __all__ = [
     "build_backbone",
     "build_model",
     "feature_layer_names",
+    "fused_logits",
     "inference_model",
 ]
 
@@ -71,28 +73,52 @@ def build_model(model_config, num_classes: int, image_size: int) -> keras.Model:
     return model
 
 
-def inference_model(model: keras.Model) -> keras.Model:
+def fused_logits(model: keras.Model):
+    """The symbolic fused logits ``(B, C)`` of a CAN or baseline model, or of its inference view.
+
+    A training model's ``"fused"`` output; for a model ending in the ``probabilities`` sigmoid
+    (what :func:`inference_model` builds, the run's ``model.keras``), the tensor that sigmoid reads.
+
+    Raises:
+        ValueError: naming the model, when neither is there.
+    """
+    outputs = model.output
+    if isinstance(outputs, dict):
+        if "fused" not in outputs:
+            raise ValueError(f"model {model.name!r} has no 'fused' output; outputs: {sorted(outputs)}")
+        return outputs["fused"]
+    if model.output_names == ["probabilities"]:
+        layer = model.get_layer("probabilities")
+        if isinstance(layer, keras.layers.Activation):
+            return layer.input
+    raise ValueError(f"model {model.name!r} must output a dict of logits with a 'fused' entry "
+                     f"(CANModel, BaselineModel), got {outputs!r}")
+
+
+def inference_model(model: keras.Model, temperatures=None) -> keras.Model:
     """The single-output view of a CAN or baseline model: image -> probabilities.
 
     A plain functional `keras.Model` sharing the layers (and so the weights) of ``model``, with one
-    output ``(B, C)`` float32 = ``sigmoid(fused logits)`` from a layer named ``probabilities``.
-    This is what prediction, Grad-CAM, export and serving use; a model that already ends in
-    ``probabilities`` is returned unchanged.
+    output ``(B, C)`` float32 = ``sigmoid(fused logits / T)`` from a layer named ``probabilities``.
+    ``temperatures`` (``C`` positive floats, see :mod:`can_tf.evaluation.calibration`) divide the
+    logits before the sigmoid; without them (or with all 1) this is ``sigmoid(fused logits)``, and a
+    model that already ends in ``probabilities`` is returned unchanged. This is what prediction,
+    Grad-CAM, export and serving use.
 
     Example:
         >>> model = CANModel(backbones=("tiny", "tiny"), num_classes=14, image_size=64)
         >>> inference_model(model).output_names
         ['probabilities']
     """
-    outputs = model.output
-    if not isinstance(outputs, dict):
-        if model.output_names == ["probabilities"]:
-            return model
-        raise ValueError(f"model {model.name!r} must output a dict of logits with a 'fused' entry "
-                         f"(CANModel, BaselineModel), got {outputs!r}")
-    if "fused" not in outputs:
-        raise ValueError(f"model {model.name!r} has no 'fused' output; outputs: {sorted(outputs)}")
-    probabilities = keras.layers.Activation("sigmoid", dtype="float32", name="probabilities")(outputs["fused"])
+    scale = None if temperatures is None else np.asarray(temperatures, dtype=np.float32)
+    if scale is not None and np.all(scale == 1.0):
+        scale = None
+    if scale is None and not isinstance(model.output, dict) and model.output_names == ["probabilities"]:
+        return model
+    logits = fused_logits(model)
+    if scale is not None:
+        logits = keras.ops.divide(keras.ops.cast(logits, "float32"), scale)
+    probabilities = keras.layers.Activation("sigmoid", dtype="float32", name="probabilities")(logits)
     return keras.Model(model.input, probabilities, name=f"{model.name}_inference")
 
 
