@@ -27,14 +27,21 @@ import click
 @click.option("--thresholds", "thresholds", default="youden", show_default=True,
               help="Per-class thresholds chosen on the val split and saved with the model for predict: "
                    "youden, sensitivity:0.9 (any target) or none.")
+@click.option("--calibration", type=click.Choice(["class", "global", "off"]), default="class", show_default=True,
+              help="Temperature scaling fitted on the val split and saved with the model (predict applies it, "
+                   "exports bake it in): one temperature per class, one for all, or off.")
+@click.option("--subgroups", "subgroups", default="", metavar="COLUMNS",
+              help="Metadata columns to analyse besides sex, age band and view, comma-separated.")
+@click.option("--gallery", type=click.IntRange(min=0), default=6, show_default=True,
+              help="Grad-CAM heat maps in the HTML report (Keras models; 0 for none).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
 @click.option("--image-root", default=None, type=click.Path(exists=True, file_okay=False),
               help="Folder holding the images (data.image_root), as for fit.")
 @click.option("--set", "overrides", multiple=True, metavar="data.FIELD=VALUE",
               help="Override a data field as in fit, e.g. --set data.views=[PA] (repeatable).")
-def evaluate(model, data, data_format, split, n_boot, out_dir, references, thresholds, batch_size, seed, image_root,
-             overrides):
+def evaluate(model, data, data_format, split, n_boot, out_dir, references, thresholds, calibration, subgroups, gallery,
+             batch_size, seed, image_root, overrides):
     """Evaluate a run (or any saved model) per class, like the paper's table.
 
     \b
@@ -44,7 +51,10 @@ def evaluate(model, data, data_format, split, n_boot, out_dir, references, thres
       can-tf evaluate exports/tflite/can_dynamic.tflite --data /data/ChestX-ray14 --split all
       can-tf evaluate runs/paper --data /data/ChestX-ray14 --image-root /data/ChestX-ray14/images_001
       can-tf evaluate runs/paper --data /data/CheXpert-v1.0-small --split val     # external validation
-    Writes report.md, report.csv, report.json and roc.png; thresholds go to <run>/thresholds.json.
+    Writes report.html (self-contained: tables, ROC/PR curves, calibration, subgroups, heat maps),
+    report.md/.csv/.json, figures/ (SVG, PDF, PNG), subgroups, calibration and operating points
+    (.md/.json) and model_card.json/.md; thresholds and calibration go to <run>/thresholds.json
+    and <run>/calibration.json.
     """
     from can_tf.config import ConfigError
     from can_tf.evaluation.metrics import EvaluationError
@@ -64,7 +74,8 @@ def evaluate(model, data, data_format, split, n_boot, out_dir, references, thres
     try:
         result = evaluate_model(model, data=data, split=split, n_boot=n_boot, out_dir=out_dir,
                                 references="all" if references else (), thresholds=thresholds,
-                                batch_size=batch_size, seed=seed, data_overrides=flags)
+                                calibration=calibration, subgroups=[c.strip() for c in subgroups.split(",") if c.strip()],
+                                gallery=gallery, batch_size=batch_size, seed=seed, data_overrides=flags)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
     # Other can_tf errors (data, model file, run, evaluation) become one `Error:` line in can_tf_cli.main.
@@ -72,8 +83,15 @@ def evaluate(model, data, data_format, split, n_boot, out_dir, references, thres
     click.echo(result.report.to_markdown())
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
-    click.echo(f"Report ({result.num_images} images, {result.split} split): "
-               + ", ".join(str(p) for p in result.files.values()), err=True)
+    folder = result.html_path.parent
+    click.echo(f"Report ({result.num_images} images, {result.split} split) in {folder}: report.html, report.md, "
+               f"report.csv, report.json, subgroups, calibration, model card; figures in {folder / 'figures'}",
+               err=True)
     if result.thresholds_path is not None:
         click.echo(f"Thresholds ({result.thresholds.method}, chosen on the val split) saved to "
                    f"{result.thresholds_path}", err=True)
+    if result.calibration_path is not None:
+        t = result.temperatures
+        click.echo(f"Calibration ({t.scope} temperature scaling, fitted on the val split) saved to "
+                   f"{result.calibration_path}", err=True)
+    click.echo(f"Open the report: {result.html_path}", err=True)

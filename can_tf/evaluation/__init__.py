@@ -1,4 +1,5 @@
-"""Evaluation: per-class AUROC/AUPRC, patient-level bootstrap CIs, thresholds and reports.
+"""Evaluation: per-class AUROC/AUPRC, patient-level bootstrap CIs, thresholds, calibration,
+subgroups, operating points and reports.
 
 Pure numpy / scikit-learn / matplotlib; nothing here imports TensorFlow, so a report can be built
 from any model's probabilities.
@@ -11,6 +12,14 @@ Example:
 """
 
 from can_tf.evaluation.bootstrap import BootstrapResult, Interval, bootstrap_ci, bootstrap_metrics
+from can_tf.evaluation.calibration import (
+    CalibrationSummary,
+    Temperatures,
+    calibration_summary,
+    expected_calibration_error,
+    fit_temperature,
+    reliability_bins,
+)
 from can_tf.evaluation.metrics import (
     ClassificationMetrics,
     EvaluationError,
@@ -29,7 +38,9 @@ from can_tf.evaluation.reference_results import (
     ReferenceResult,
     get_reference,
 )
+from can_tf.evaluation.operating_points import OperatingPoints, operating_points
 from can_tf.evaluation.report import EvaluationReport
+from can_tf.evaluation.subgroups import SubgroupAnalysis, subgroup_columns, subgroup_metrics
 from can_tf.evaluation.thresholds import (
     Thresholds,
     choose_thresholds,
@@ -39,26 +50,37 @@ from can_tf.evaluation.thresholds import (
 
 __all__ = [
     "BootstrapResult",
+    "CalibrationSummary",
     "ClassificationMetrics",
     "EvaluationError",
     "EvaluationReport",
     "Interval",
     "OFFICIAL_SPLIT_MEANS",
+    "OperatingPoints",
     "PER_CLASS_REFERENCES",
     "REFERENCES",
     "ReferenceResult",
+    "SubgroupAnalysis",
+    "Temperatures",
     "Thresholds",
     "bootstrap_ci",
     "bootstrap_metrics",
+    "calibration_summary",
     "check_predictions",
     "check_probabilities",
     "choose_thresholds",
     "compute_metrics",
+    "expected_calibration_error",
+    "fit_temperature",
     "get_reference",
     "mean_over_defined",
+    "operating_points",
     "per_class_auprc",
     "per_class_auroc",
+    "reliability_bins",
     "sensitivity_threshold",
+    "subgroup_columns",
+    "subgroup_metrics",
     "undefined_reason",
     "youden_threshold",
 ]

@@ -60,6 +60,9 @@ def parse_threshold_method(text: str) -> tuple:
     raise EvaluationError(f"--thresholds must be youden, sensitivity:<target> or none; got {text!r}")
 
 
+CALIBRATION_MODES = ("class", "global", "off")
+
+
 @dataclasses.dataclass
 class ModelEvaluation:
     """What :func:`evaluate_model` produced."""
@@ -71,6 +74,15 @@ class ModelEvaluation:
     thresholds: Optional[object] = None  # Thresholds chosen on the validation split
     thresholds_path: Optional[Path] = None
     notes: list = dataclasses.field(default_factory=list)
+    temperatures: Optional[object] = None  # Temperatures fitted on the validation split (or the run's)
+    calibration_path: Optional[Path] = None  # where fitted temperatures were saved
+    calibration: Optional[object] = None  # CalibrationSummary of the evaluated split
+    subgroups: Optional[object] = None  # SubgroupAnalysis
+    operating_points: Optional[object] = None  # OperatingPoints at the thresholds
+
+    @property
+    def html_path(self) -> Optional[Path]:
+        return self.files.get("html")
 
 
 def predict_table(predictor, df, class_names: Sequence[str], batch_size: int = 32,
@@ -101,12 +113,16 @@ def evaluate_model(
     out_dir: Optional[PathLike] = None,
     references=(),
     thresholds: str = "youden",
+    calibration: str = "class",
+    subgroups: Sequence[str] = (),
+    gallery: int = 6,
     batch_size: int = 32,
     seed: int = 0,
     on_batch: Optional[Callable[[int], None]] = None,
     data_overrides: Sequence[str] = (),
 ) -> ModelEvaluation:
-    """Evaluates ``model`` and writes the report (Markdown, CSV, JSON, ROC PNG).
+    """Evaluates ``model`` and writes the report: Markdown, CSV, JSON, a self-contained HTML page,
+    figures (SVG, PDF, PNG), the subgroup, calibration and operating-point tables, and a model card.
 
     Args:
         model: a run directory, ``.keras`` file, SavedModel folder or ``.tflite`` file.
@@ -119,6 +135,13 @@ def evaluate_model(
             ``eval-<model name>-<split>``.
         references: published results to show beside ours (see :class:`EvaluationReport`).
         thresholds: ``youden``, ``sensitivity:<target>`` or ``none``; chosen on the val split.
+        calibration: temperature scaling fitted on the val split and saved with the model
+            (``calibration.json``, applied by ``predict`` and baked into exports): ``class`` (one
+            temperature per class), ``global`` (one for all) or ``off`` (the model's own
+            probabilities; a saved calibration is removed). Only a Keras model on its run's own data
+            is calibrated; other evaluations report the probabilities the model gives.
+        subgroups: metadata columns to analyse besides sex, age band and view.
+        gallery: heat maps in the HTML report (Keras models only; 0 for none).
         batch_size: images per forward pass.
         on_batch: progress callback, called with the number of images of each batch.
         data_overrides: ``data.field=value`` strings applied to the data config as in ``fit``
@@ -128,14 +151,17 @@ def evaluate_model(
     from can_tf.data.label_space import composite_probabilities
     from can_tf.data.splits import make_splits, read_splits
     from can_tf.data.table import load_table
+    from can_tf.evaluation.calibration import fit_temperature
     from can_tf.evaluation.report import EvaluationReport
     from can_tf.evaluation.thresholds import choose_thresholds
-    from can_tf.predictor import CONFIG_FILE, Predictor, find_metadata, model_format
-    from can_tf.run import read_config, run_of_model
+    from can_tf.predictor import CALIBRATION_FILE, CONFIG_FILE, Predictor, find_metadata, model_format
+    from can_tf.run import read_config, read_temperatures, run_of_model
 
     method, target = parse_threshold_method(thresholds)
     if split is not None and split not in SPLITS:
         raise EvaluationError(f"--split must be one of {', '.join(SPLITS)}; got {split!r}")
+    if calibration not in CALIBRATION_MODES:
+        raise EvaluationError(f"--calibration must be one of {', '.join(CALIBRATION_MODES)}; got {calibration!r}")
     model = Path(model)
     fmt = model_format(model)
     run = run_of_model(model) if fmt in ("run", "keras") else None
@@ -147,7 +173,13 @@ def evaluate_model(
         raise EvaluationError(f"{model} carries no {CONFIG_FILE} naming its data; give --data")
     else:
         config = RunConfig.from_preset("small")
-    predictor = Predictor.load(model, use_thresholds=False)
+    # The model's own probabilities: temperatures are fitted on them and applied here.
+    predictor = Predictor.load(model, use_thresholds=True, use_calibration=False)
+    saved_thresholds, predictor.thresholds = predictor.thresholds, None
+    keras_model = fmt in ("run", "keras")
+    calibration_path = None
+    if keras_model:
+        calibration_path = run.calibration_path if run is not None else model.parent / CALIBRATION_FILE
     if run is not None:
         run.lock()  # its report and thresholds are written into the run: not while it trains
     try:
@@ -192,48 +224,188 @@ def evaluate_model(
         if len(evaluated) == 0:
             raise EvaluationError(f"the {split} split is empty")
 
-        y_true, y_prob = predict_table(predictor, evaluated, class_names, batch_size, on_batch)
+        y_true, y_raw = predict_table(predictor, evaluated, class_names, batch_size, on_batch)
+        val = splits.get("val")
+        has_val = val is not None and len(val) > 0
+        val_raw = None
+
+        def val_predictions():
+            nonlocal val_raw
+            if val_raw is None:
+                val_raw = (y_true, y_raw) if split == "val" else predict_table(predictor, val, class_names,
+                                                                               batch_size, on_batch)
+            return val_raw
+
+        # ---- calibration: fitted on val, saved with the model, applied to what is reported ----
+        temperatures, fitted = None, False
+        if keras_model and own_data and external is None and calibration != "off" and has_val:
+            y_val, p_val = val_predictions()
+            temperatures = fit_temperature(y_val, p_val, class_names, scope=calibration,
+                                           fitted_on=f"the val split, {len(val)} images")
+            fitted = True
+        elif keras_model and own_data and calibration == "off":
+            if calibration_path.is_file():
+                calibration_path.unlink()
+                notes.append(f"calibration off: {calibration_path} removed; predict gives the model's own "
+                             f"probabilities")
+        elif keras_model and calibration_path.is_file():
+            temperatures = read_temperatures(calibration_path, predictor.class_names)
+            notes.append(f"probabilities calibrated with the run's temperatures ({calibration_path})")
+        elif keras_model and own_data and not has_val:
+            notes.append("calibration not fitted: no validation split")
+        y_prob = y_raw if temperatures is None else temperatures.apply(y_raw)
         if external is not None:  # the model's outputs for the compared classes (composites: largest part)
             y_prob = composite_probabilities(y_prob, predictor.class_names, class_names)
+            y_raw = composite_probabilities(y_raw, predictor.class_names, class_names)
+            if temperatures is not None and list(temperatures.class_names) != list(class_names):
+                temperatures = None  # applied above, per model class; the compared classes have none of their own
+
+        # ---- thresholds: chosen on the (calibrated) val probabilities ----
+        chosen, thresholds_path = None, None
+        if method:
+            if not has_val:
+                notes.append("thresholds not chosen: no validation split")
+            else:
+                y_val, p_val = val_predictions()
+                if temperatures is not None:
+                    p_val = temperatures.apply(p_val)
+                chosen = choose_thresholds(y_val, p_val, class_names, method=method,
+                                           target_sensitivity=target if target is not None else 0.9)
+                if fallback := chosen.fallback:
+                    notes.append(f"{len(fallback)} class(es) had no usable validation labels and use 0.5: "
+                                 f"{', '.join(fallback)}")
+        elif fitted and saved_thresholds is not None:
+            notes.append("the saved thresholds were not chosen again (--thresholds none); if they were chosen "
+                         "before this calibration, choose them again")
+        operating = chosen if chosen is not None else (saved_thresholds if external is None else None)
+
         report = EvaluationReport(
             y_true, y_prob, evaluated["patient_id"].astype(str).to_numpy(), class_names, split=split,
             model_name=_model_name(model, fmt), split_description=_split_description(config.data, split, own_data),
             n_boot=n_boot, seed=seed, references=references, provenance=predictor.provenance,
             external=external.sentence if external is not None else None,
         )
+        analyses = _analyses(report, evaluated, y_raw, temperatures, operating, subgroups, notes)
+        if gallery and keras_model:
+            analyses["gallery"] = _gallery(predictor, evaluated, y_true, y_prob, gallery, notes)
+        elif gallery:
+            notes.append("no heat-map gallery: heat maps need the Keras model (a run directory or .keras file)")
         if out_dir is None:
             out_dir = (run_dir / "eval" / split) if run_dir is not None else Path(f"eval-{_model_name(model, fmt)}-{split}")
-        files = report.save(out_dir, overwrite=True)
+        files = report.save(out_dir, overwrite=True,
+                            extra_files=_report_files(report, analyses, predictor, chosen or operating, temperatures))
 
-        chosen, thresholds_path = None, None
-        if method:
-            val = splits.get("val")
-            if val is None or len(val) == 0:
-                notes.append("thresholds not chosen: no validation split")
+        # The model's files last, once its report is in place: predict picks them up.
+        if fitted:
+            temperatures.to_json(calibration_path)
+        if chosen is not None:
+            # Where `predict` looks: the run, the .keras file's folder; an export is never modified
+            # in place, so its thresholds go to the report folder.
+            if run is not None:
+                thresholds_path = run.thresholds_path
+            elif fmt == "keras":
+                thresholds_path = model.parent / "thresholds.json"
             else:
-                if split == "val":
-                    y_val, p_val = y_true, y_prob
-                else:
-                    y_val, p_val = predict_table(predictor, val, class_names, batch_size, on_batch)
-                chosen = choose_thresholds(y_val, p_val, class_names, method=method,
-                                           target_sensitivity=target if target is not None else 0.9)
-                # Where `predict` looks: the run, the .keras file's folder; an export is never modified
-                # in place, so its thresholds go to the report folder.
-                if run is not None:
-                    thresholds_path = run.thresholds_path
-                elif fmt == "keras":
-                    thresholds_path = model.parent / "thresholds.json"
-                else:
-                    thresholds_path = Path(out_dir) / "thresholds.json"
-                chosen.to_json(thresholds_path)
-                if fallback := chosen.fallback:
-                    notes.append(f"{len(fallback)} class(es) had no usable validation labels and use 0.5: "
-                                 f"{', '.join(fallback)}")
+                thresholds_path = Path(out_dir) / "thresholds.json"
+            chosen.to_json(thresholds_path)
         return ModelEvaluation(report=report, files=files, split=split, num_images=len(evaluated),
-                               thresholds=chosen, thresholds_path=thresholds_path, notes=notes)
+                               thresholds=chosen, thresholds_path=thresholds_path, notes=notes,
+                               temperatures=temperatures, calibration_path=calibration_path if fitted else None,
+                               calibration=analyses["calibration"], subgroups=analyses["subgroups"],
+                               operating_points=analyses["operating_points"])
     finally:
         if run is not None:
             run.unlock()
+
+
+def _analyses(report, evaluated, y_raw, temperatures, thresholds, subgroup_columns_wanted, notes) -> dict:
+    """Calibration, subgroups and operating points of the evaluated split (the same patients,
+    bootstrap settings and probabilities as ``report``)."""
+    from can_tf.evaluation.calibration import calibration_summary
+    from can_tf.evaluation.operating_points import operating_points
+    from can_tf.evaluation.subgroups import DEFAULT_ATTRIBUTES, subgroup_columns, subgroup_metrics
+
+    patients = evaluated["patient_id"].astype(str).to_numpy()
+    analyses = {"calibration": calibration_summary(report.y_true, y_raw, report.y_prob, report.class_names,
+                                                   temperatures=temperatures)}
+    attributes = list(DEFAULT_ATTRIBUTES) + [c for c in subgroup_columns_wanted if c not in DEFAULT_ATTRIBUTES]
+    groups = subgroup_columns(evaluated, attributes)
+    analyses["subgroups"] = subgroup_metrics(report.y_true, report.y_prob, patients, report.class_names, groups,
+                                             n_boot=report.n_boot, seed=report.seed, confidence=report.confidence)
+    analyses["operating_points"] = None
+    if thresholds is not None:
+        analyses["operating_points"] = operating_points(
+            report.y_true, report.y_prob, patients, report.class_names, list(thresholds.values),
+            n_boot=report.n_boot, seed=report.seed, confidence=report.confidence)
+    else:
+        notes.append("no operating points: the model has no thresholds (choose them with --thresholds youden)")
+    return analyses
+
+
+def _gallery(predictor, evaluated, y_true, y_prob, limit: int, notes: list) -> list:
+    from can_tf.explanation.gallery import gallery_items
+
+    try:
+        return gallery_items(predictor, list(evaluated["path"]), y_true, y_prob, limit=limit)
+    except Exception as e:  # a report without heat maps beats no report
+        notes.append(f"no heat-map gallery: {type(e).__name__}: {e}")
+        return []
+
+
+def _report_files(report, analyses: dict, predictor, thresholds, temperatures) -> dict:
+    """``{kind: (relative path, content)}`` of the files written beside report.md."""
+    import json
+
+    from can_tf.evaluation.figures import figure_svg, forest_plot, pr_grid, reliability_grid, roc_grid
+    from can_tf.evaluation.html_report import render_html
+    from can_tf.model_card import build_model_card, model_card_markdown, model_card_text
+
+    def as_json(value: dict) -> str:
+        return json.dumps(value, indent=2, allow_nan=False) + "\n"
+
+    calibration, subgroups, points = analyses["calibration"], analyses["subgroups"], analyses["operating_points"]
+    files = {"calibration": ("calibration.json", as_json(calibration.to_dict())),
+             "calibration_markdown": ("calibration.md", calibration.to_markdown()),
+             "subgroups": ("subgroups.json", as_json(subgroups.to_dict())),
+             "subgroups_markdown": ("subgroups.md", subgroups.to_markdown())}
+    if points is not None:
+        files["operating_points"] = ("operating_points.json", as_json(points.to_dict()))
+        files["operating_points_markdown"] = ("operating_points.md", points.to_markdown())
+    patients = report.patient_ids
+    threshold_values = None if thresholds is None else list(thresholds.values)
+    figures = {
+        "roc": roc_grid(report.y_true, report.y_prob, patients, report.class_names, thresholds=threshold_values,
+                        seed=report.seed, confidence=report.confidence),
+        "pr": pr_grid(report.y_true, report.y_prob, patients, report.class_names, thresholds=threshold_values,
+                      seed=report.seed, confidence=report.confidence),
+        "calibration": reliability_grid(calibration.to_dict()),
+        "forest": forest_plot(subgroups.to_dict()),
+    }
+    svgs = {}
+    for name, figure in figures.items():
+        svgs[name] = figure_svg(figure)
+        for fmt in ("svg", "pdf", "png"):
+            files[f"figure_{name}_{fmt}"] = (f"figures/{name}.{fmt}", _figure_bytes(figure, fmt))
+    evaluation = {"report": report.to_dict(), "calibration": calibration.to_dict(), "subgroups": subgroups.to_dict()}
+    if points is not None:
+        evaluation["operating_points"] = points.to_dict()
+    card = build_model_card(predictor.provenance, name=report.model_name, evaluation=evaluation,
+                            thresholds=thresholds, temperatures=temperatures)
+    files["model_card"] = ("model_card.json", model_card_text(card))
+    files["model_card_markdown"] = ("model_card.md", model_card_markdown(card))
+    files["html"] = ("report.html", render_html(
+        evaluation["report"], figures=svgs, calibration=evaluation["calibration"], subgroups=evaluation["subgroups"],
+        operating_points=evaluation.get("operating_points"), gallery=analyses.get("gallery") or (),
+        model_card=card))
+    return files
+
+
+def _figure_bytes(figure, fmt: str) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=fmt, dpi=150 if fmt == "png" else None)
+    return buffer.getvalue()
 
 
 @dataclasses.dataclass

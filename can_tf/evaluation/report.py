@@ -131,6 +131,7 @@ class EvaluationReport:
             seed=seed,
             confidence=confidence,
         )
+        self.patient_ids = None if patient_ids is None else np.asarray(patient_ids)
         self.num_images = int(self.y_true.shape[0])
         self.num_patients = self.intervals["auroc"].num_patients
         self.by_patient = patient_ids is not None
@@ -378,16 +379,22 @@ class EvaluationReport:
     # ----------------------------------------------------------------------------------------
     # All files
     # ----------------------------------------------------------------------------------------
-    def save(self, directory: PathLike, *, overwrite: bool = False, plot: bool = True) -> dict:
+    def save(self, directory: PathLike, *, overwrite: bool = False, plot: bool = True,
+             extra_files: Optional[dict] = None) -> dict:
         """Writes report.md, report.csv, report.json and roc.png into ``directory``.
 
-        Refuses (``FileExistsError`` naming the file) to replace an existing report unless
-        ``overwrite=True``. Returns ``{kind: path}`` of the files written.
+        ``extra_files`` (``{kind: (relative path, str or bytes)}``: the HTML report, figures, the
+        model card...) are written with them, in the same staging folder, so the new report's files
+        appear together or not at all. Refuses (``FileExistsError`` naming the file) to replace an
+        existing report unless ``overwrite=True``. Returns ``{kind: path}`` of the files written.
         """
         directory = Path(directory)
         targets = {kind: directory / name for kind, name in REPORT_FILES.items()}
         if not plot:
             targets.pop("roc")
+        extra_files = dict(extra_files or {})
+        for kind, (name, _) in extra_files.items():
+            targets[kind] = directory / name
         if not overwrite:
             for path in targets.values():
                 if path.exists():
@@ -407,9 +414,15 @@ class EvaluationReport:
             writers = {"markdown": self.to_markdown_file, "csv": self.to_csv, "json": self.to_json,
                        "roc": self.plot_roc}
             for kind, target in targets.items():
-                writers[kind](staging / target.name)
+                staged = staging / target.relative_to(directory)
+                if kind in extra_files:
+                    content = extra_files[kind][1]
+                    (atomic_write_bytes if isinstance(content, bytes) else atomic_write_text)(staged, content)
+                else:
+                    writers[kind](staged)
             for target in targets.values():
-                os.replace(staging / target.name, target)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / target.relative_to(directory), target)
             fsync_dir(directory)
         except BaseException as error:
             shutil.rmtree(staging, ignore_errors=True)
