@@ -8,14 +8,22 @@ import math
 import click
 
 
-def _format_auroc_table(test_auroc: dict, mean: float, title: str) -> str:
+def _format_auroc_table(test_auroc: dict, mean: float, title: str, intervals: dict | None = None,
+                        mean_interval=None) -> str:
+    intervals = intervals or {}
+
+    def cell(value, interval) -> str:
+        if value is None or not math.isfinite(value):
+            return "  n/a"
+        return f"{value:.3f}" + (f"  [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
     width = max([len(name) for name in test_auroc] + [len("Mean")])
-    lines = [title, f"{'Finding':<{width}}  AUROC", "-" * (width + 7)]
+    header = "AUROC  [95% CI, patient bootstrap]" if intervals else "AUROC"
+    lines = [title, f"{'Finding':<{width}}  {header}", "-" * (width + 2 + len(header))]
     for name, value in test_auroc.items():
-        shown = "  n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
-        lines.append(f"{name:<{width}}  {shown}")
-    lines.append("-" * (width + 7))
-    lines.append(f"{'Mean':<{width}}  " + ("  n/a" if not math.isfinite(mean) else f"{mean:.3f}"))
+        lines.append(f"{name:<{width}}  {cell(value, intervals.get(name))}")
+    lines.append("-" * (width + 2 + len(header)))
+    lines.append(f"{'Mean':<{width}}  {cell(mean, mean_interval)}")
     return "\n".join(lines)
 
 
@@ -79,7 +87,8 @@ def fit(preset, config_file, data, run_dir, epochs, batch_size, overrides, exten
         click.echo(_format_auroc_table(
             result.test_auroc, result.test_mean_auroc,
             f"Test AUROC of the best model (epoch {result.best_epoch}, "
-            f"{result.metrics.get('num_test_images')} images):"))
+            f"{result.metrics.get('num_test_images')} images):",
+            result.metrics.get("test_auroc_ci"), result.metrics.get("test_mean_auroc_ci")))
     else:
         click.echo(f"No test split: nothing to report for the best model (epoch {result.best_epoch}); "
                    f"evaluate it on other data with `can-tf evaluate {result.run_dir} --data ...`.")

@@ -268,6 +268,7 @@ def _train_in(run: Run, config, info, policy, extra_callbacks, *, checkpoint_dir
     best_model = keras.saving.load_model(str(run.best_model), compile=False)
     labels, probs = predict_probabilities(best_model, eval_dataset(splits["test"], "none"))
     test_auroc = class_aurocs(labels, probs, class_names)
+    test_ci, test_mean_ci = _test_intervals(labels, probs, splits["test"], class_names, test_auroc)
     history = run.committed_history(checkpoint_dir)
     seconds = [r["epoch_seconds"] for r in history if _finite(r.get("epoch_seconds"))]
     best = best_row(history)
@@ -278,6 +279,8 @@ def _train_in(run: Run, config, info, policy, extra_callbacks, *, checkpoint_dir
         "num_test_images": int(len(labels)),
         "test_auroc": test_auroc,
         "test_mean_auroc": mean_defined(test_auroc),
+        "test_auroc_ci": test_ci,  # 95% patient-bootstrap intervals, as `can-tf evaluate` computes them
+        "test_mean_auroc_ci": test_mean_ci,
         "best_epoch": best["epoch"] + 1 if best else None,
         "best_val_mean_auroc": best["val_mean_auroc"] if best else None,
         "epochs_run": len(history),
@@ -311,6 +314,23 @@ def _train_in(run: Run, config, info, policy, extra_callbacks, *, checkpoint_dir
         test_auroc=test_auroc, test_mean_auroc=metrics["test_mean_auroc"], stop_reason=stop_reason,
         is_chief=info.is_chief, metrics=metrics,
     )
+
+
+def _test_intervals(labels, probs, test_df, class_names, test_auroc: dict, n_boot: int = 1000) -> tuple:
+    """``({class: [low, high] or None}, [low, high] or None)``: 95% patient-bootstrap intervals of the
+    test AUROCs (:func:`can_tf.evaluation.bootstrap.bootstrap_metrics`, seed 0, as ``evaluate``)."""
+    from can_tf.evaluation.bootstrap import bootstrap_metrics
+
+    empty = ({name: None for name in class_names}, None)
+    if len(labels) == 0 or all(v is None for v in test_auroc.values()):
+        return empty
+    result = bootstrap_metrics(labels, probs, test_df["patient_id"].astype(str).to_numpy(), list(class_names),
+                               metrics=("auroc",), n_boot=n_boot, seed=0)["auroc"]
+
+    def pair(interval):
+        return None if interval.low is None else [interval.low, interval.high]
+
+    return {name: pair(result.per_class[name]) for name in class_names}, pair(result.mean)
 
 
 def _disk_full_message(run: Run, error: BaseException) -> str:
