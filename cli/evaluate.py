@@ -52,7 +52,7 @@ def evaluate(model, data, data_format, split, n_boot, out_dir, references, thres
       can-tf evaluate runs/paper --data /data/ChestX-ray14 --image-root /data/ChestX-ray14/images_001
       can-tf evaluate runs/paper --data /data/CheXpert-v1.0-small --split val     # external validation
     Writes report.html (self-contained: tables, ROC/PR curves, calibration, subgroups, heat maps),
-    report.md/.csv/.json, figures/ (SVG, PDF, PNG), subgroups, calibration and operating points
+    report.md/.csv/.json, figures/ (SVG, PDF), subgroups, calibration and operating points
     (.md/.json) and model_card.json/.md; thresholds and calibration go to <run>/thresholds.json
     and <run>/calibration.json.
     """
@@ -94,4 +94,9 @@ def evaluate(model, data, data_format, split, n_boot, out_dir, references, thres
         t = result.temperatures
         click.echo(f"Calibration ({t.scope} temperature scaling, fitted on the val split) saved to "
                    f"{result.calibration_path}", err=True)
+    mean = result.calibration.to_dict()["mean"]
+    if mean["ece_before"] is not None:
+        after = (f", {mean['ece_after']:.3f} after temperature scaling" if result.temperatures is not None else "")
+        click.echo(f"Expected calibration error on the {result.split} split (mean of {mean['num_classes']} classes): "
+                   f"{mean['ece_before']:.3f} as the model gives it{after}", err=True)
     click.echo(f"Open the report: {result.html_path}", err=True)

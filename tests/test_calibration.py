@@ -305,16 +305,19 @@ def test_fitted_temperature_is_the_nll_minimum_of_a_grid_search():
     assert t.values[0] == pytest.approx(best, rel=1e-3)
 
 
-def test_classes_without_labels_fall_back_and_one_sided_classes_are_fitted():
+def test_classes_without_labels_or_without_both_outcomes_fall_back():
     y, p = over_confident(num_images=4000, num_classes=3, seed=1)
     y[:, 1] = np.nan  # nothing to fit on
-    y[:, 2] = np.where(np.isnan(y[:, 2]), np.nan, 1.0)  # only positives: still fitted
+    y[:, 2] = np.where(np.isnan(y[:, 2]), np.nan, 1.0)  # only positives: a fit would run to a bound
     t = fit_temperature(y, p, ["A", "B", "C"], scope="class")
     pooled = fit_temperature(y, p, ["A", "B", "C"], scope="global")
-    assert set(t.fallback) == {"B"}
+    assert set(t.fallback) == {"B", "C"}
     assert "no known labels" in t.fallback["B"] and "pooled" in t.fallback["B"]
-    assert t.values[1] == pooled.values[0]
-    assert "C" not in t.fallback and t.values[2] != pooled.values[0]
+    assert "no negative label" in t.fallback["C"]
+    assert t.values[1] == t.values[2] == pooled.values[0]
+    # Fitted on its positives alone, C's temperature would run to a bound of the search.
+    alone = fit_temperature(y[:, 2:], p[:, 2:], ["C"], scope="global").values[0]
+    assert alone == pytest.approx(0.05, rel=1e-3) or alone == pytest.approx(20.0, rel=1e-3)
     assert set(pooled.fallback) == {"B"}
 
     none_known = fit_temperature(np.full((5, 2), np.nan), np.full((5, 2), 0.3), ["A", "B"])

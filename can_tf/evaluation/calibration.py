@@ -453,9 +453,10 @@ def fit_temperature(
         bounds: ``(lowest, highest)`` temperature searched.
         fitted_on: a description stored with the result, e.g. ``"val split, 55 images"``.
 
-    A class with no known labels keeps a fallback temperature (see :class:`Temperatures`). A class
-    with only positives or only negatives is fitted (its NLL is defined); expect its temperature
-    at a bound.
+    A class whose known labels lack positives or negatives (or are absent) keeps a fallback
+    temperature (see :class:`Temperatures`): fitted on one outcome alone, the likelihood only grows
+    as every probability is pushed towards that outcome, so the fit would run to a bound and make
+    the model's outputs for that class extreme in both directions, which is no calibration.
     """
     if scope not in SCOPES:
         raise EvaluationError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
@@ -471,8 +472,10 @@ def fit_temperature(
     known = ~np.isnan(y_true)
 
     pooled = None
-    # The pooled fit serves the global scope and the classes left without labels.
-    if known.any() and (scope == "global" or not known.any(axis=0).all()):
+    both = np.array([bool((y_true[known[:, c], c] == 1).any() and (y_true[known[:, c], c] == 0).any())
+                     for c in range(len(class_names))])
+    # The pooled fit serves the global scope and the classes without both outcomes.
+    if known.any() and (scope == "global" or not both.all()):
         pooled = _fit_one(y_true[known], logits[known], (low, high))
     fallback_value = 1.0 if pooled is None else pooled
     fallback_note = (
@@ -486,6 +489,10 @@ def fit_temperature(
         if not rows.any():
             values.append(fallback_value)
             fallback[name] = f"no known labels in the fitting data; {fallback_note}"
+        elif scope == "class" and not both[c]:
+            values.append(fallback_value)
+            missing = "positive" if not (y_true[rows, c] == 1).any() else "negative"
+            fallback[name] = f"no {missing} label in the fitting data; {fallback_note}"
         elif scope == "global":
             values.append(pooled)
         else:

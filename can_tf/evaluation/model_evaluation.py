@@ -61,6 +61,9 @@ def parse_threshold_method(text: str) -> tuple:
 
 
 CALIBRATION_MODES = ("class", "global", "off")
+# The search range of the temperatures: beyond it a validation split is separating a class, not
+# telling how confident the model should be.
+TEMPERATURE_BOUNDS = (0.05, 20.0)
 
 
 @dataclasses.dataclass
@@ -122,7 +125,7 @@ def evaluate_model(
     data_overrides: Sequence[str] = (),
 ) -> ModelEvaluation:
     """Evaluates ``model`` and writes the report: Markdown, CSV, JSON, a self-contained HTML page,
-    figures (SVG, PDF, PNG), the subgroup, calibration and operating-point tables, and a model card.
+    figures (SVG, PDF), the subgroup, calibration and operating-point tables, and a model card.
 
     Args:
         model: a run directory, ``.keras`` file, SavedModel folder or ``.tflite`` file.
@@ -241,8 +244,17 @@ def evaluate_model(
         if keras_model and own_data and external is None and calibration != "off" and has_val:
             y_val, p_val = val_predictions()
             temperatures = fit_temperature(y_val, p_val, class_names, scope=calibration,
-                                           fitted_on=f"the val split, {len(val)} images")
+                                           fitted_on=f"the val split, {len(val)} images", bounds=TEMPERATURE_BOUNDS)
             fitted = True
+            at_bound = [name for name, t in zip(class_names, temperatures.values)
+                        if not TEMPERATURE_BOUNDS[0] * 1.01 < t < TEMPERATURE_BOUNDS[1] / 1.01]
+            if temperatures.fallback:
+                notes.append(f"{len(temperatures.fallback)} class(es) lack a positive or a negative validation label "
+                             f"and share the pooled temperature: {', '.join(temperatures.fallback)}")
+            if at_bound:
+                notes.append(f"temperature at the end of its range {TEMPERATURE_BOUNDS} for {', '.join(at_bound)}: "
+                             f"the val split (nearly) separates these classes, so their calibration rests on few "
+                             f"images; --calibration global shares one temperature")
         elif keras_model and own_data and calibration == "off":
             if calibration_path.is_file():
                 calibration_path.unlink()
@@ -356,7 +368,7 @@ def _report_files(report, analyses: dict, predictor, thresholds, temperatures) -
     """``{kind: (relative path, content)}`` of the files written beside report.md."""
     import json
 
-    from can_tf.evaluation.figures import figure_svg, forest_plot, pr_grid, reliability_grid, roc_grid
+    from can_tf.evaluation.figures import figure_bytes, forest_plot, inline_svg, pr_grid, reliability_grid, roc_grid
     from can_tf.evaluation.html_report import render_html
     from can_tf.model_card import build_model_card, model_card_markdown, model_card_text
 
@@ -382,10 +394,11 @@ def _report_files(report, analyses: dict, predictor, thresholds, temperatures) -
         "forest": forest_plot(subgroups.to_dict()),
     }
     svgs = {}
-    for name, figure in figures.items():
-        svgs[name] = figure_svg(figure)
-        for fmt in ("svg", "pdf", "png"):
-            files[f"figure_{name}_{fmt}"] = (f"figures/{name}.{fmt}", _figure_bytes(figure, fmt))
+    for name, figure in figures.items():  # SVG and PDF for papers; the same SVG inlined in the HTML page
+        svg = figure_bytes(figure, "svg")
+        svgs[name] = inline_svg(svg.decode("utf-8"))
+        files[f"figure_{name}_svg"] = (f"figures/{name}.svg", svg)
+        files[f"figure_{name}_pdf"] = (f"figures/{name}.pdf", figure_bytes(figure, "pdf"))
     evaluation = {"report": report.to_dict(), "calibration": calibration.to_dict(), "subgroups": subgroups.to_dict()}
     if points is not None:
         evaluation["operating_points"] = points.to_dict()
@@ -398,14 +411,6 @@ def _report_files(report, analyses: dict, predictor, thresholds, temperatures) -
         operating_points=evaluation.get("operating_points"), gallery=analyses.get("gallery") or (),
         model_card=card))
     return files
-
-
-def _figure_bytes(figure, fmt: str) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format=fmt, dpi=150 if fmt == "png" else None)
-    return buffer.getvalue()
 
 
 @dataclasses.dataclass
