@@ -120,3 +120,30 @@ def test_unknown_subgroup_column_is_one_error_line(tmp_path, phantom_dir):
     assert "subgroup column 'insurance' is not in the data" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (run_dir / "eval").exists()  # nothing half-written
+
+
+@pytest.mark.slow
+def test_the_evaluation_report_renders_in_chromium(evaluated, tmp_path):
+    """What `can-tf evaluate` wrote (not a synthetic page), in a real headless browser."""
+    import html
+    import re
+
+    from PIL import Image
+
+    from browser_support import render_in_browser, require_chromium
+
+    require_chromium()
+    run_dir, _ = evaluated
+    width, height = 1280, 6000
+    result = render_in_browser(run_dir / "eval" / "test" / "report.html", tmp_path / "report.png",
+                               width=width, height=height)
+    assert result.console_errors == []
+    body = dict(re.findall(r'([\w-]+)="([^"]*)"', re.search(r"<body([^>]*)>", result.dom).group(1)))
+    assert html.unescape(body["data-errors"]) == "" and body["data-figures-bad"] == ""
+    assert body["data-figures-ok"] == "true"
+    assert body["data-figure-count"] == "6"  # ROC, PR, calibration, forest + 2 heat maps
+    with Image.open(result.screenshot) as image:
+        assert image.size == (width, height)
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+    assert (np.abs(pixels.astype(int) - 255).sum(axis=1) > 30).mean() > 0.02  # not a blank page
+    assert len(np.unique(pixels, axis=0)) > 100  # figures and heat maps, not only text
