@@ -126,6 +126,7 @@ class Predictions:
     class_names: list
     errors: dict  # path -> reason
     thresholds: Optional[object] = None  # Thresholds used for ``findings``, or None
+    temperatures: Optional[object] = None  # the calibration applied to ``probabilities``, or None
 
     @property
     def num_predicted(self) -> int:
@@ -169,6 +170,7 @@ class Predictions:
         return {
             "class_names": list(self.class_names),
             "thresholds": None if self.thresholds is None else self.thresholds.to_dict(),
+            "calibration": None if self.temperatures is None else self.temperatures.to_dict(),
             "predicted": self.num_predicted,
             "failed": len(self.errors),
             "predictions": records,
@@ -351,4 +353,4 @@ class Predictor:
             if on_batch is not None:
                 on_batch(len(chunk))
         return Predictions(paths=paths, probabilities=probabilities, class_names=self.class_names,
-                           errors=errors, thresholds=self.thresholds)
+                           errors=errors, thresholds=self.thresholds, temperatures=self.temperatures)

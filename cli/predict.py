@@ -58,6 +58,9 @@ def predict(model, inputs, out_path, batch_size, no_thresholds, path_column, ima
 
     click.echo(f"{result.num_predicted} of {len(paths)} image(s) predicted with {predictor.format} model "
                f"{model}; wrote {written}", err=True)
+    if predictor.temperatures is not None:
+        click.echo(f"Probabilities calibrated by the run's temperature scaling ({predictor.temperatures.scope}, "
+                   f"fitted on {predictor.temperatures.fitted_on}).", err=True)
     if predictor.thresholds is None and not no_thresholds:
         click.echo("No thresholds.json found with the model: probabilities only (run `can-tf evaluate` "
                    "on the run to choose thresholds).", err=True)
