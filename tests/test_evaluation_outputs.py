@@ -71,6 +71,16 @@ def test_calibration_is_saved_and_applied_by_predict(evaluated):
     assert summary["temperatures"]["scope"] == "class"
 
 
+def test_predict_says_it_calibrates(evaluated, phantom_dir, tmp_path):
+    run_dir, _ = evaluated
+    image = sorted((phantom_dir / "images").glob("*.png"))[0]
+    out = tmp_path / "p.json"
+    result = CliRunner().invoke(main, ["predict", str(run_dir), str(image), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Probabilities calibrated by the run's temperature scaling (class" in result.stderr
+    assert json.loads(out.read_text())["calibration"]["scope"] == "class"
+
+
 def test_thresholds_are_chosen_on_calibrated_validation_probabilities(evaluated):
     from can_tf.data.splits import read_splits
     from can_tf.data.table import load_table
