@@ -286,6 +286,20 @@ def write_json(path: PathLike, values: Any) -> Path:
     return atomic_write(path, write)
 
 
+def read_json(path: PathLike, what: str, error: Callable[[str], Exception] = ValueError) -> Any:
+    """The JSON value in ``path``; ``error`` with one line naming the file when it is missing, not
+    JSON or unreadable (``what`` names the kind of file, e.g. ``"thresholds file"``)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}") from None
+    except json.JSONDecodeError as err:
+        raise error(f"{path}: not valid JSON ({err})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(f"{path}: cannot read {what} ({err})") from None
+
+
 def _nan_to_none(value: Any) -> Any:
     if isinstance(value, float) and value != value:
         return None

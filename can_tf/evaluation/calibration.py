@@ -59,11 +59,12 @@ import numpy as np
 
 from can_tf.evaluation.metrics import (
     EvaluationError,
+    class_mismatch,
     check_predictions,
     check_probabilities,
     mean_over_defined,
 )
-from can_tf.files import atomic_write_text
+from can_tf.files import atomic_write_text, read_json
 
 SCOPES = ("class", "global")
 _FORMAT_VERSION = 1
@@ -257,24 +258,10 @@ class Temperatures:
 
     def check_classes(self, class_names: Sequence[str], where: str = "the model") -> None:
         """Raises :class:`EvaluationError` unless ``class_names`` equal ours, in the same order."""
-        class_names = tuple(class_names)
-        if class_names == self.class_names:
-            return
-        missing = [n for n in self.class_names if n not in class_names]
-        extra = [n for n in class_names if n not in self.class_names]
-        detail = []
-        if missing:
-            detail.append(f"only in the calibration: {missing}")
-        if extra:
-            detail.append(f"only in {where}: {extra}")
-        if not detail:
-            detail.append(
-                f"same classes in a different order: calibration {list(self.class_names)}"
-            )
-        raise EvaluationError(
-            f"calibration classes (field 'class_names') do not match the classes of {where} "
-            f"({'; '.join(detail)})"
-        )
+        detail = class_mismatch(self.class_names, class_names, "calibration", where)
+        if detail:
+            raise EvaluationError(
+                f"calibration classes (field 'class_names') do not match the classes of {where} ({detail})")
 
     def apply_logits(self, logits) -> np.ndarray:
         """Calibrated logits ``logits / T`` per class, ``(N, C)`` float32."""
@@ -393,15 +380,7 @@ class Temperatures:
         cls, path: Union[str, os.PathLike], class_names: Optional[Sequence[str]] = None
     ) -> "Temperatures":
         """Reads temperatures; with ``class_names`` (the model's), checks that they match."""
-        try:
-            with open(path, encoding="utf-8") as handle:
-                data = json.load(handle)
-        except FileNotFoundError:
-            raise EvaluationError(f"calibration file not found: {path}") from None
-        except json.JSONDecodeError as err:
-            raise EvaluationError(f"{path}: not valid JSON ({err})") from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise EvaluationError(f"{path}: cannot read calibration file ({err})") from None
+        data = read_json(path, "calibration file", EvaluationError)
         return cls.from_dict(data, class_names=class_names, where=str(path))
 
 

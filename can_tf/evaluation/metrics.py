@@ -99,6 +99,24 @@ def _raise_first(bad: np.ndarray, values: np.ndarray, class_names, what: str, wh
     )
 
 
+def class_mismatch(saved: Sequence[str], wanted: Sequence[str], what: str, where: str) -> Optional[str]:
+    """How the class names ``saved`` in a file of ``what`` (``"thresholds"``, ``"calibration"``) differ
+    from those of ``where`` (e.g. ``"the model"``), or None when they are equal, in order."""
+    saved, wanted = tuple(saved), tuple(wanted)
+    if saved == wanted:
+        return None
+    missing = [n for n in saved if n not in wanted]
+    extra = [n for n in wanted if n not in saved]
+    detail = []
+    if missing:
+        detail.append(f"only in the {what}: {missing}")
+    if extra:
+        detail.append(f"only in {where}: {extra}")
+    if not detail:
+        detail.append(f"same classes in a different order: {what} {list(saved)}")
+    return "; ".join(detail)
+
+
 def undefined_reason(labels: np.ndarray) -> Optional[str]:
     """Why AUROC/AUPRC cannot be computed from one class's labels, or ``None`` if they can.
 

@@ -35,11 +35,12 @@ from sklearn.metrics import roc_curve
 
 from can_tf.evaluation.metrics import (
     EvaluationError,
+    class_mismatch,
     check_predictions,
     check_probabilities,
     undefined_reason,
 )
-from can_tf.files import atomic_write_text
+from can_tf.files import atomic_write_text, read_json
 
 METHODS = ("youden", "sensitivity", "fixed")
 _FORMAT_VERSION = 1
@@ -125,21 +126,9 @@ class Thresholds:
 
     def check_classes(self, class_names: Sequence[str], where: str = "the model") -> None:
         """Raises :class:`EvaluationError` unless ``class_names`` equal ours, in the same order."""
-        class_names = tuple(class_names)
-        if class_names == self.class_names:
-            return
-        missing = [n for n in self.class_names if n not in class_names]
-        extra = [n for n in class_names if n not in self.class_names]
-        detail = []
-        if missing:
-            detail.append(f"only in the thresholds: {missing}")
-        if extra:
-            detail.append(f"only in {where}: {extra}")
-        if not detail:
-            detail.append(f"same classes in a different order: thresholds {list(self.class_names)}")
-        raise EvaluationError(
-            f"threshold classes do not match the classes of {where} ({'; '.join(detail)})"
-        )
+        detail = class_mismatch(self.class_names, class_names, "thresholds", where)
+        if detail:
+            raise EvaluationError(f"threshold classes do not match the classes of {where} ({detail})")
 
     def apply(self, probs) -> np.ndarray:
         """Boolean findings ``(N, C)``: ``probs >= threshold`` per class.
@@ -204,13 +193,7 @@ class Thresholds:
         cls, path: Union[str, os.PathLike], class_names: Optional[Sequence[str]] = None
     ) -> "Thresholds":
         """Reads thresholds; with ``class_names`` (the model's), checks that they match."""
-        try:
-            with open(path, encoding="utf-8") as handle:
-                data = json.load(handle)
-        except FileNotFoundError:
-            raise EvaluationError(f"thresholds file not found: {path}") from None
-        except json.JSONDecodeError as err:
-            raise EvaluationError(f"{path}: not valid JSON ({err})") from None
+        data = read_json(path, "thresholds file", EvaluationError)
         thresholds = cls.from_dict(data, source=str(path))
         if class_names is not None:
             thresholds.check_classes(class_names, where=f"the model (checking {path})")
