@@ -30,7 +30,6 @@ import os
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
-
 from can_tf.explanation.localization import Box
 from can_tf.images import aspect_window
 
