@@ -90,7 +90,7 @@ def build_model_card(provenance: Optional[dict], *, name: str, evaluation: Optio
     kind = model.get("kind")
     backbones = ", ".join(model.get("backbones") or []) or "unknown backbone"
     if kind == "can":
-        architecture = (f"Cross-Attention Network (CAN): two {backbones} branches whose features are combined "
+        architecture = (f"Cross-Attention Network (CAN): two branches ({backbones}) whose features are combined "
                         f"by cross-attention, a fused classifier head and one per branch (the fused head is "
                         f"what this model outputs)")
     elif kind == "baseline":
@@ -158,7 +158,7 @@ def _datasets(data: dict, report: Optional[dict]) -> list:
     datasets = [{
         "name": "training data",
         "description": (f"{data.get('description') or 'unknown'}"
-                        + (f"; split by patient ({data.get('split')}): {train}" if train else "")
+                        + (f"; {_split_words(data.get('split'))}: {train}" if train else "")
                         + ". Validation images chose the best epoch, the thresholds and the calibration."),
         "sensitive": {"sensitive_data": ["patient age", "patient sex", "patient identifiers (pseudonymised)"]},
     }]
@@ -171,6 +171,12 @@ def _datasets(data: dict, report: Optional[dict]) -> list:
                             + (f". {report['external']}" if report.get("external") else "") + "."),
         })
     return datasets
+
+
+def _split_words(split: Optional[str]) -> str:
+    if split == "official":
+        return "the publisher's official train/val and test lists, validation patients carved out of train/val"
+    return "a seeded random split by patient (no patient in two splits)"
 
 
 def _metric(kind: str, value, slice_name: str, low=None, high=None, **extra) -> dict:
