@@ -14,7 +14,8 @@ holds: float32, or uint8 / int8 for TFLite models that take integer pixels) and 
 - :class:`LiteRTRuntime`: a ``.tflite`` file or flatbuffer bytes in ``ai_edge_litert``. The
   interpreter is resized only when the batch size changes; uint8/int8 inputs are quantised with
   the input tensor's ``(scale, zero_point)`` (an integer input of scale 0 takes raw pixels, rounded
-  and clipped), integer outputs are dequantised.
+  and clipped), integer outputs are dequantised. A model with an RGB input ``(1, S, S, 3)`` (the
+  export's ``rgb_input`` variant, which converts to gray itself) gets the gray images as R = G = B.
 
 :func:`open_runtime` picks the runtime for a path. Whatever cannot be loaded raises
 :class:`~can_tf.errors.ModelFileError`, one line naming the path. Class names, thresholds and
@@ -255,6 +256,9 @@ class LiteRTRuntime(Runtime):
         self.image_size = int(self._input["shape"][1])
         self.num_classes = int(self._output["shape"][-1])
         self.input_dtype = np.dtype(self._input["dtype"])
+        shape = list(self._input["shape"])
+        # 1 (gray) or 3 (RGB); anything else is refused when run, so ops() still reads any model.
+        self.input_channels = int(shape[-1]) if len(shape) == 4 else 0
         self._batch = None  # the batch size the tensors are allocated for
 
     def ops(self) -> list:
@@ -263,6 +267,11 @@ class LiteRTRuntime(Runtime):
 
     def _run(self, images):
         interpreter, spec = self._interpreter, self._input
+        if self.input_channels == 3:
+            images = np.repeat(images, 3, axis=-1)  # a gray image as RGB: R = G = B
+        elif self.input_channels != 1:
+            raise ModelFileError(f"TFLite model {self.path} takes input of shape {[int(d) for d in spec['shape']]}; "
+                                 f"expected (1, S, S, 1) gray or (1, S, S, 3) RGB images")
         if self._batch != len(images):
             # Resizing the batch dimension re-plans the interpreter's memory; do it only on change.
             if self._batch is not None or len(images) != int(spec["shape"][0]):

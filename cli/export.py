@@ -25,6 +25,9 @@ QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")
 @click.option("--quantize", type=click.Choice(QUANTIZE_MODES), default="none", show_default=True,
               help="tflite: none (float32), float16, dynamic (int8 weights) or int8 (full integer, calibrated).")
 @click.option("--uint8-input", is_flag=True, help="tflite: the model takes uint8 pixels (1, S, S, 1).")
+@click.option("--rgb-input", is_flag=True,
+              help="tflite: the model takes RGB pixels (1, S, S, 3), converted to gray inside it (for the LiteRT "
+                   "Task Library and Android Studio's ML model binding); the file name ends in _rgb.")
 @click.option("--calibration-data", type=click.Path(exists=True), default=None,
               help="Real images (folder, image or .txt list) to check the export on and to calibrate int8; "
                    "default: the run's training split.")
@@ -32,7 +35,8 @@ QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")
               help="Refuse images whose header claims more pixels (serving_default; the edge script reads it "
                    "from the .tflite's metadata); default: the run's data.max_pixels (40 million).")
 @click.option("--overwrite", is_flag=True, help="tflite: replace an existing .tflite and its companion files.")
-def export(run_or_model, fmt, out, name, version, quantize, uint8_input, calibration_data, max_pixels, overwrite):
+def export(run_or_model, fmt, out, name, version, quantize, uint8_input, rgb_input, calibration_data, max_pixels,
+           overwrite):
     """Export RUN_OR_MODEL (a run directory or a .keras file), verified against the Keras model.
 
     \b
@@ -40,13 +44,14 @@ def export(run_or_model, fmt, out, name, version, quantize, uint8_input, calibra
       can-tf export runs/small-1a2b3c4d                       # -> exports/serving/models/can/1
       can-tf export runs/small-1a2b3c4d --name cxr --version 7 --out /srv/models
       can-tf export runs/small-1a2b3c4d --format tflite --quantize int8 --uint8-input
+      can-tf export runs/small-1a2b3c4d --format tflite --rgb-input      # LiteRT Task Library, Android
       can-tf export best.keras --format tflite --quantize float16 --calibration-data xrays/
     Then serve it: see exports/serving/README.md (TF Serving) or exports/tflite/README.md.
     """
     from pathlib import Path
 
-    if fmt == "saved_model" and (quantize != "none" or uint8_input or overwrite):
-        raise click.UsageError("--quantize, --uint8-input and --overwrite apply to --format tflite only "
+    if fmt == "saved_model" and (quantize != "none" or uint8_input or rgb_input or overwrite):
+        raise click.UsageError("--quantize, --uint8-input, --rgb-input and --overwrite apply to --format tflite only "
                                "(SavedModel versions are never overwritten; omit --version for a new one)")
     if fmt == "tflite" and version is not None:
         raise click.UsageError("--version applies to --format saved_model only")
@@ -64,5 +69,5 @@ def export(run_or_model, fmt, out, name, version, quantize, uint8_input, calibra
         default_out = (source if source.is_dir() else source.parent) / "tflite"
         result = export_tflite(run_or_model, out or default_out, name=name, quantize=quantize,
                                uint8_input=uint8_input, images=calibration_data, overwrite=overwrite,
-                               max_pixels=max_pixels)
+                               max_pixels=max_pixels, rgb_input=rgb_input)
     click.echo(result.summary())

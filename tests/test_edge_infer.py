@@ -253,11 +253,17 @@ def test_metadata_settings_and_override(model, chestxray14_dir, tmp_path, capsys
 
 
 def test_missing_model_or_labels_is_one_error_line(model, chestxray14_dir, tmp_path, capsys):
+    from can_tf.export.tflite import convert_tflite
+
     image = str(support.real_images(chestxray14_dir, 1)[0])
     assert edge.main([str(tmp_path / "nothing.tflite"), image]) == 1
     assert capsys.readouterr().err == f"error: cannot load model {tmp_path / 'nothing.tflite'}: file not found\n"
-    shutil.copy(model, tmp_path / model.name)  # without labels.txt
-    assert edge.main([str(tmp_path / model.name), image]) == 1
+    shutil.copy(model, tmp_path / model.name)  # alone, but its labels are packed in it
+    assert edge.main([str(tmp_path / model.name), image]) == 0
+    capsys.readouterr()
+    plain = tmp_path / "plain.tflite"  # no metadata: the labels must be beside it
+    plain.write_bytes(convert_tflite(support.tiny_source(), "none"))
+    assert edge.main([str(plain), image]) == 1
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and err.startswith(f"error: cannot read {tmp_path / 'labels.txt'}")
     (tmp_path / "labels.txt").write_text("a\nb\n")
@@ -265,7 +271,7 @@ def test_missing_model_or_labels_is_one_error_line(model, chestxray14_dir, tmp_p
     assert edge.main([str(tmp_path / "broken.tflite"), image]) == 1
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and err.startswith(f"error: cannot load model {tmp_path / 'broken.tflite'}: ")
-    assert edge.main([str(tmp_path / model.name), image]) == 1  # 14 outputs, 2 labels
+    assert edge.main([str(plain), image]) == 1  # 14 outputs, 2 labels
     assert "has 14 outputs but" in capsys.readouterr().err
 
 
@@ -374,3 +380,39 @@ def test_a_damaged_packed_archive_is_one_error_line(model, chestxray14_dir, tmp_
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1
     assert err.startswith(f"error: cannot read the files packed in {tmp_path / model.name}: BadZipFile: Bad CRC-32")
+
+
+def test_an_rgb_model_gets_the_gray_image_as_three_channels(model, mixed, tmp_path):
+    """The ``_rgb`` export (for the LiteRT Task Library) gives the gray export's numbers, without TensorFlow."""
+    from can_tf.export.tflite import export_tflite
+
+    rgb = export_tflite(support.tiny_source(), tmp_path, quantize="none", uint8_input=True, rgb_input=True,
+                        images=[p for p, reason in mixed[:1]], num_verify=1).path
+    assert rgb.name == "can_none_uint8_rgb.tflite"
+    loaded, gray = edge.Model(rgb), edge.Model(model)
+    assert (loaded.channels, gray.channels, loaded.size) == (3, 1, support.IMAGE_SIZE)
+    good = [p for p, reason in mixed if reason is None]
+    for path in good:
+        ours, theirs = loaded.predict(path), gray.predict(path)
+        assert list(ours["probabilities"]) == list(theirs["probabilities"])
+        np.testing.assert_allclose(list(ours["probabilities"].values()), list(theirs["probabilities"].values()),
+                                   atol=1e-5, rtol=0)
+    run = support.run_without(SCRIPT, [rgb, "--json", *good], cwd=tmp_path, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [line["image"] for line in lines] == [str(p) for p in good]
+    assert lines[0]["probabilities"] == loaded.predict(good[0])["probabilities"]
+    assert lines[0]["thresholds"] == "thresholds.json in the model"
+
+
+def test_an_input_of_other_channels_is_one_error_line(tmp_path, chestxray14_dir, capsys):
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([1, 4, 4, 2], tf.float32, name="image")
+    function = tf.function(lambda x: {"probabilities": tf.sigmoid(tf.reduce_mean(x, axis=[1, 2]))},
+                           input_signature=[spec], autograph=False).get_concrete_function()
+    (tmp_path / "two.tflite").write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([function]).convert())
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    assert edge.main([str(tmp_path / "two.tflite"), str(support.real_images(chestxray14_dir, 1)[0])]) == 1
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'two.tflite'}: expected a (1, S, S, 1) or "
+                                       f"(1, S, S, 3) input, got [1, 4, 4, 2]\n")

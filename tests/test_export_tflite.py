@@ -267,7 +267,9 @@ def test_exported_file_carries_metadata_matching_its_companions(out_dir, chestxr
     # The packed files are the companions' very text.
     assert info["files"]["labels.txt"] == (out_dir / "labels.txt").read_bytes()
     assert info["files"]["thresholds.json"] == (out_dir / "thresholds.json").read_bytes()
-    assert info["associated_files"] == ["labels.txt", "thresholds.json"]  # no model card was given
+    # No card given: the source's own (a model without a run: no evaluation in it).
+    assert info["associated_files"] == ["labels.txt", "thresholds.json", "model_card.json"]
+    assert info["files"]["model_card.json"] == (out_dir / "can_none.model_card.json").read_bytes()
     assert info["files"]["thresholds.json"] == support.tiny_source().threshold_set().to_text().encode()
 
 
@@ -306,3 +308,95 @@ def test_metadata_that_changed_the_outputs_is_not_published(tmp_path, chestxray1
                              num_verify=1)
     assert len(calls) == 2 and calls[1][4:8] == b"TFL3" and b"TFLITE_METADATA" in calls[1]
     assert not (tmp_path / "out").exists()
+
+
+# ---- the RGB variant (LiteRT Task Library, Android Studio) ---------------------------------------
+def _interpreter_run(path, images):
+    """``ai_edge_litert`` directly, one image at a time: no can-tf code between the file and the numbers."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    rows = []
+    for image in images:
+        interpreter.set_tensor(inp["index"], image[None].astype(inp["dtype"]))
+        interpreter.invoke()
+        rows.append(interpreter.get_tensor(out["index"])[0].copy())
+    return np.stack(rows), inp
+
+
+@pytest.mark.parametrize("uint8_input", [False, True], ids=["float32", "uint8"])
+def test_rgb_variant_computes_what_the_gray_export_computes(uint8_input, out_dir, chestxray14_dir, check_files):
+    from can_tf.export.source import preprocess_files
+    from can_tf.export.tflite import export_tflite
+    from can_tf.export.tflite_metadata import read_metadata
+
+    gray = out_dir / f"can_none{'_uint8' if uint8_input else ''}.tflite"
+    if not gray.exists():
+        support_export(out_dir, chestxray14_dir, "none", uint8_input)
+    result = export_tflite(support.tiny_source(), out_dir, uint8_input=uint8_input, rgb_input=True,
+                           images=support.real_images(chestxray14_dir), num_verify=2)
+    stem = f"can_none{'_uint8' if uint8_input else ''}_rgb"
+    assert result.path == out_dir / f"{stem}.tflite" and result.rgb_input and result.max_abs_error <= 1e-4
+    assert "RGB" in result.summary()
+
+    images = np.round(preprocess_files(check_files, support.IMAGE_SIZE))  # integers: the same for uint8
+    expected, _ = _interpreter_run(gray, images)
+    actual, inp = _interpreter_run(result.path, np.repeat(images, 3, axis=-1))
+    assert list(inp["shape"]) == [1, support.IMAGE_SIZE, support.IMAGE_SIZE, 3]
+    assert inp["dtype"] == (np.uint8 if uint8_input else np.float32)
+    np.testing.assert_allclose(actual, expected, atol=1e-5, rtol=0)
+    assert np.abs(expected - expected.mean(axis=0)).max() > 1e-3  # the images give different outputs
+
+    # A colour image: the model's gray is the pipeline's luminance, channels in R, G, B order.
+    # Made from the radiographs so the channels differ a lot: R the image, G shifted, B its negative.
+    colour = np.concatenate([images, np.roll(images, 7, axis=1), 255.0 - images], axis=-1)[:2]
+    luminance = colour @ np.array([0.299, 0.587, 0.114], np.float32)
+    if not uint8_input:
+        reference, _ = _interpreter_run(gray, luminance[..., None])
+        np.testing.assert_allclose(_interpreter_run(result.path, colour)[0], reference, atol=1e-5, rtol=0)
+        swapped, _ = _interpreter_run(gray, (colour[..., ::-1] @ np.array([0.299, 0.587, 0.114]))[..., None])
+        assert np.abs(swapped - reference).max() > 1e-3  # BGR order would have been caught
+
+    described = json.loads((out_dir / f"{stem}.json").read_text())
+    assert described["model_file"] == f"{stem}.tflite"
+    assert described["input"]["shape"] == [1, support.IMAGE_SIZE, support.IMAGE_SIZE, 3]
+    assert described["input"]["channels"] == 3
+    assert described["input"]["color"] == "RGB (converted to gray inside the model)"
+    info = read_metadata(result.path)
+    assert info["name"] == stem and info["input"]["color_space"] == "RGB"
+    assert info["input"]["normalization"] == (None if uint8_input else {"mean": [0.0], "std": [1.0]})
+    assert "RGB (converted to gray inside the model" in info["description"]
+    assert read_metadata(gray)["input"]["color_space"] == "GRAYSCALE"
+
+
+def test_rgb_int8_is_calibrated_and_checked(tmp_path, chestxray14_dir, check_files):
+    from can_tf.export.source import preprocess_files
+    from can_tf.export.tflite import export_tflite, run_tflite
+
+    result = export_tflite(support.tiny_source(), tmp_path, quantize="int8", uint8_input=True, rgb_input=True,
+                           images=support.real_images(chestxray14_dir), num_verify=support.NUM_REAL)
+    assert result.path.name == "can_int8_uint8_rgb.tflite" and result.max_abs_error <= 0.15
+    images = preprocess_files(check_files, support.IMAGE_SIZE)
+    expected = support.tiny_source().probabilities(np.round(images))
+    error = float(np.abs(run_tflite(result.path, images) - expected).max())  # gray in, R = G = B
+    assert error < 0.5 * float(np.abs(expected - expected.mean(axis=0)).max())  # not an input-blind model
+
+
+def test_cli_rgb_input(tmp_path, chestxray14_dir):
+    from click.testing import CliRunner
+
+    from can_tf_cli.main import main
+
+    wrong = CliRunner().invoke(main, ["export", str(support.keras_file()), "--rgb-input", "--out", str(tmp_path)])
+    assert wrong.exit_code == 2
+    errors = [line for line in wrong.output.splitlines() if line.startswith("Error")]
+    assert errors == ["Error: --quantize, --uint8-input, --rgb-input and --overwrite apply to --format tflite "
+                      "only (SavedModel versions are never overwritten; omit --version for a new one)"]
+    assert list(tmp_path.iterdir()) == []
+    args = ["export", str(support.keras_file()), "--format", "tflite", "--rgb-input", "--out", str(tmp_path),
+            "--calibration-data", str(support.real_images(chestxray14_dir, 1)[0])]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "can_none_rgb.tflite").is_file() and "input float32 RGB" in result.output

@@ -22,12 +22,13 @@ def images(chestxray14_dir):
 
 @pytest.fixture(scope="module")
 def flatbuffer(images):
-    """``flatbuffer(quantize, uint8_input=False)`` -> the tiny model converted to TFLite (bytes, cached)."""
+    """``flatbuffer(quantize, uint8_input=False, rgb_input=False)`` -> the tiny model converted to
+    TFLite (bytes, cached)."""
     from can_tf.export.tflite import convert_tflite
 
     @functools.cache
-    def convert(quantize, uint8_input=False):
-        return convert_tflite(support.tiny_source(), quantize, uint8_input, calibration=images)
+    def convert(quantize, uint8_input=False, rgb_input=False):
+        return convert_tflite(support.tiny_source(), quantize, uint8_input, calibration=images, rgb_input=rgb_input)
 
     return convert
 
@@ -140,3 +141,46 @@ def test_predictor_runs_through_the_runtime(flatbuffer, images, tmp_path):
     np.testing.assert_allclose(predictor.predict(images), LiteRTRuntime(path).predict(images), atol=1e-6)
     with pytest.raises(ValueError, match=r"\(B, 64, 64, 1\)"):
         predictor.predict(images[:, :32])
+
+
+@pytest.mark.parametrize("uint8_input", [False, True], ids=["float32", "uint8"])
+def test_rgb_input_model_gets_gray_as_three_equal_channels(uint8_input, images, flatbuffer, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from can_tf.predictor import Predictor
+    from can_tf.runtime import LiteRTRuntime
+
+    rgb, gray = LiteRTRuntime(flatbuffer("none", uint8_input, True)), LiteRTRuntime(flatbuffer("none", uint8_input))
+    assert (rgb.input_channels, gray.input_channels) == (3, 1)
+    assert (rgb.image_size, rgb.num_classes) == (64, 14)
+    # Batches of 2 then 1: the interpreter is resized to (2, 64, 64, 3) and back.
+    got = np.concatenate([rgb.predict(images[:2]), rgb.predict(images[2:3])])
+    np.testing.assert_allclose(got, gray.predict(images[:3]), atol=1e-5, rtol=0)
+    # The same numbers as feeding the interpreter R = G = B by hand.
+    interpreter = Interpreter(model_content=flatbuffer("none", uint8_input, True))
+    interpreter.allocate_tensors()
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    interpreter.set_tensor(inp["index"], np.repeat(np.round(images[:1]), 3, axis=-1).astype(inp["dtype"]))
+    interpreter.invoke()
+    np.testing.assert_array_equal(rgb.predict(np.round(images[:1])), interpreter.get_tensor(out["index"]))
+
+    path = tmp_path / "can_none_rgb.tflite"
+    path.write_bytes(flatbuffer("none", uint8_input, True))
+    predictor = Predictor.load(path)
+    assert predictor.image_size == 64 and len(predictor.class_names) == 14
+    np.testing.assert_allclose(predictor.predict(images), gray.predict(images), atol=1e-5, rtol=0)
+
+
+def test_an_input_of_other_channels_is_refused_when_run():
+    import tensorflow as tf
+
+    from can_tf.errors import ModelFileError
+    from can_tf.runtime import LiteRTRuntime
+
+    spec = tf.TensorSpec([1, 4, 4, 2], tf.float32, name="image")
+    function = tf.function(lambda x: {"probabilities": tf.sigmoid(tf.reduce_mean(x, axis=[1, 2]))},
+                           input_signature=[spec], autograph=False).get_concrete_function()
+    runtime = LiteRTRuntime(tf.lite.TFLiteConverter.from_concrete_functions([function]).convert())
+    assert runtime.input_channels == 2 and runtime.ops()  # loaded and listed: the exporter's op check works
+    with pytest.raises(ModelFileError, match=r"takes input of shape \[1, 4, 4, 2\]; expected .* gray or .* RGB"):
+        runtime.predict(np.zeros((1, 4, 4, 1), np.float32))

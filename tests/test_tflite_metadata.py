@@ -209,7 +209,7 @@ _OFFICIAL_READER = r"""
 import json, sys
 import numpy as np
 from tflite_support import metadata
-from tflite_support.task import vision
+from tflite_support.task import core, processor, vision
 from tensorflow_lite_support.metadata.cc.python import _pywrap_metadata_version
 
 request = json.loads(sys.argv[1])
@@ -227,16 +227,26 @@ for key, path in request["models"].items():
     except Exception as e:
         answer["metadata_error"] = f"{type(e).__name__}: {e}"
     try:
-        classifier = vision.ImageClassifier.create_from_file(path)
+        vision.ImageClassifier.create_from_file(path)  # the plain way in: does the file load at all
     except Exception as e:
         answer["classifier_error"] = f"{type(e).__name__}: {e}"
     else:
+        # Every class, whatever its score: the model is multi-label, the app applies thresholds.json.
+        options = vision.ImageClassifierOptions(
+            base_options=core.BaseOptions(file_name=path),
+            classification_options=processor.ClassificationOptions(max_results=request["max_results"],
+                                                                   score_threshold=0.0))
+        classifier = vision.ImageClassifier.create_from_options(options)
         answer["classified"] = {}
         for name, image in request["images"].items():
             # The TensorImage points into the array's memory: both stay referenced while it runs.
             pixels = np.load(image)
             tensor_image = vision.TensorImage.create_from_array(pixels)
-            result = classifier.classify(tensor_image)
+            try:
+                result = classifier.classify(tensor_image)
+            except Exception as e:
+                answer["classified"][name] = f"{type(e).__name__}: {e}"
+                continue
             answer["classified"][name] = [[c.index, c.category_name, c.score]
                                           for c in result.classifications[0].categories]
     answers[key] = answer
@@ -286,67 +296,57 @@ def _unavailable(reason: str):
     pytest.skip(reason)
 
 
-def _rgb_variant(image_size: int) -> bytes:
-    """The tiny CAN behind a ``(1, S, S, 3)`` input (the channel mean): the Task Library's input."""
-    import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-    logits_model = support.tiny_source().logits_model()
-    spec = tf.TensorSpec([1, image_size, image_size, 3], tf.float32, name="image")
-
-    @tf.function(input_signature=[spec], autograph=False)
-    def serve(image):
-        gray = tf.reduce_mean(image, axis=-1, keepdims=True)
-        return {"probabilities": tf.sigmoid(logits_model(gray, training=False))}
-
-    frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
-    return tf.lite.TFLiteConverter.from_concrete_functions([frozen], logits_model).convert()
-
-
 @pytest.mark.slow
 def test_official_metadata_reader_and_task_library(tmp_path, chestxray14_dir):
-    """What the official library makes of an export.
+    """What the official library makes of the exports.
 
     Its metadata displayer and C++ verifier read every field back. Its ``ImageClassifier`` accepts
     only RGB ``(1, S, S, 3)`` inputs (``image_tensor_specs.cc``: GRAYSCALE metadata is refused
-    first, a 1-channel tensor next), so the exported grayscale model cannot be used with it; the
-    same network behind a 3-channel input, with metadata from the same writer, classifies a real
-    radiograph into our class names with LiteRT's scores.
+    first, a 1-channel tensor next), so the grayscale export cannot be used with it; the
+    ``rgb_input`` export (float32 and uint8 input) classifies a real radiograph into our class
+    names with LiteRT's and can-tf's scores. The image must be handed over as RGB: a one-channel
+    ``TensorImage`` is not converted.
     """
     from ai_edge_litert.interpreter import Interpreter
     from PIL import Image
 
-    from can_tf.export.source import preprocess_files
-    from can_tf.export.tflite import convert_tflite, export_tflite, run_tflite
-    from can_tf.export.tflite_metadata import add_metadata, read_metadata
+    from can_tf.export.tflite import convert_tflite, export_tflite
+    from can_tf.export.tflite_metadata import read_metadata
     from can_tf.labels import CLASS_NAMES
+    from can_tf.predictor import Predictor
 
     python = _task_library_python()
     size = support.IMAGE_SIZE
     images = support.real_images(chestxray14_dir, 2)
-    gray = export_tflite(support.tiny_source(), tmp_path / "gray", images=images, num_verify=2,
-                         model_card=CARD).path
-    gray_uint8 = export_tflite(support.tiny_source(), tmp_path / "gray", uint8_input=True, images=images,
-                               num_verify=2).path
-    rgb = tmp_path / "rgb.tflite"
-    rgb.write_bytes(add_metadata(_rgb_variant(size), class_names=CLASS_NAMES, input_dtype="float32",
-                                 image_size=size, channels=3, **FIELDS))
+    exported = {}
+    for key, uint8_input, rgb_input in (("gray", False, False), ("gray_uint8", True, False),
+                                        ("rgb", False, True), ("rgb_uint8", True, True)):
+        exported[key] = export_tflite(support.tiny_source(), tmp_path / key.split("_")[0], uint8_input=uint8_input,
+                                      rgb_input=rgb_input, images=images, num_verify=2,
+                                      model_card=CARD if key == "gray" else None).path
+    assert exported["rgb"].name == "can_none_rgb.tflite" and exported["rgb_uint8"].name == "can_none_uint8_rgb.tflite"
     plain = tmp_path / "plain.tflite"  # the exported network without metadata
     plain.write_bytes(convert_tflite(support.tiny_source(), "none"))
 
-    radiograph = np.round(preprocess_files([images[0]], size)[0, :, :, 0]).astype(np.uint8)
-    full = np.asarray(Image.open(images[1]).convert("L"))  # 512 px: the Task Library resizes it
-    arrays = {"input_size": np.repeat(radiograph[:, :, None], 3, -1), "full_size": np.repeat(full[:, :, None], 3, -1)}
+    # The radiograph at the model's size, RGB, so the Task Library's own resize is the identity.
+    with Image.open(images[0]) as opened:
+        assert opened.mode == "L"  # a gray radiograph: R = G = B below
+        radiograph = np.asarray(opened.convert("RGB").resize((size, size), Image.BILINEAR))
+    assert radiograph.shape == (size, size, 3) and radiograph.std() > 10
+    with Image.open(images[1]) as opened:
+        full = np.asarray(opened.convert("RGB"))  # 512 px: the Task Library resizes it
+    # One channel: a GRAYSCALE TensorImage, which the Task Library does not turn into RGB itself.
+    arrays = {"input_size": radiograph, "full_size": full, "one_channel": np.ascontiguousarray(radiograph[:, :, :1])}
     for name, array in arrays.items():
         np.save(tmp_path / f"{name}.npy", array)
-    request = {"models": {"gray": str(gray), "gray_uint8": str(gray_uint8), "rgb": str(rgb), "plain": str(plain)},
-               "images": {name: str(tmp_path / f"{name}.npy") for name in arrays}}
+    request = {"models": {**{key: str(path) for key, path in exported.items()}, "plain": str(plain)},
+               "images": {name: str(tmp_path / f"{name}.npy") for name in arrays}, "max_results": len(CLASS_NAMES)}
     run = subprocess.run([str(python), "-c", _OFFICIAL_READER, json.dumps(request)], capture_output=True,
                          text=True, timeout=600, env=dict(os.environ, PYTHONPATH="", TF_CPP_MIN_LOG_LEVEL="3"))
     assert run.returncode == 0, run.stderr[-3000:]
     answers = json.loads(run.stdout.strip().splitlines()[-1])
 
-    for key, path in (("gray", gray), ("gray_uint8", gray_uint8), ("rgb", rgb)):
+    for key, path in exported.items():
         answer, ours = answers[key], read_metadata(path)
         assert "metadata_error" not in answer, answer.get("metadata_error")
         assert answer["min_parser_version"] == ours["min_parser_version"] == "1.0.0"
@@ -359,11 +359,13 @@ def test_official_metadata_reader_and_task_library(tmp_path, chestxray14_dir):
         (inp,), (out,) = subgraph["input_tensor_metadata"], subgraph["output_tensor_metadata"]
         assert inp["name"] == "image" and out["name"] == "probabilities"
         assert inp["content"]["content_properties_type"] == "ImageProperties"
-        assert inp["content"]["content_properties"] == {
-            "color_space": ours["input"]["color_space"], "default_size": {"width": size, "height": size}}
+        colour = "RGB" if key.startswith("rgb") else "GRAYSCALE"
+        assert ours["input"]["color_space"] == colour
+        assert inp["content"]["content_properties"] == {"color_space": colour,
+                                                        "default_size": {"width": size, "height": size}}
         assert inp["stats"] == {"max": [255.0], "min": [0.0]} and out["stats"] == {"max": [1.0], "min": [0.0]}
         units = [u["options"] for u in inp.get("process_units", []) if u["options_type"] == "NormalizationOptions"]
-        assert units == ([] if key == "gray_uint8" else [{"mean": [0.0], "std": [1.0]}])
+        assert units == ([] if key.endswith("uint8") else [{"mean": [0.0], "std": [1.0]}])
         assert out["associated_files"][0]["type"] == "TENSOR_AXIS_LABELS"
         assert out["associated_files"][0]["name"] == "labels.txt"
     assert sorted(answers["gray"]["packed"]) == ["labels.txt", "model_card.json", "thresholds.json"]
@@ -377,22 +379,31 @@ def test_official_metadata_reader_and_task_library(tmp_path, chestxray14_dir):
     assert answers["plain"]["classifier_error"] == (
         f"ValueError: The input tensor should have dimensions 1 x height x width x 3. Got 1 x {size} x {size} x 1.")
 
-    # Three channels: classified, labelled with our class names, LiteRT's probabilities.
-    classified = answers["rgb"]["classified"]
-    for name in arrays:
-        categories = classified[name]
-        assert sorted(c[0] for c in categories) == list(range(len(CLASS_NAMES)))
-        assert all(CLASS_NAMES[index] == label for index, label, _ in categories)
-        assert all(0.0 <= score <= 1.0 for _, _, score in categories)
-        assert len({round(score, 6) for _, _, score in categories}) > 1  # a real image, really run
-    scores = np.zeros(len(CLASS_NAMES))
-    for index, _, score in classified["input_size"]:
-        scores[index] = score
-    interpreter = Interpreter(model_path=str(rgb))
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], arrays["input_size"][None].astype(np.float32))
-    interpreter.invoke()
-    expected = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0]
-    np.testing.assert_allclose(scores, expected, atol=1e-5, rtol=0)
-    # And those are the exported grayscale model's probabilities on the same radiograph.
-    np.testing.assert_allclose(scores, run_tflite(gray, radiograph[None, :, :, None])[0], atol=1e-4, rtol=0)
+    # The RGB exports: classified, labelled with our class names, LiteRT's and can-tf's probabilities.
+    for key in ("rgb", "rgb_uint8"):
+        assert "classifier_error" not in answers[key], answers[key].get("classifier_error")
+        classified = answers[key]["classified"]
+        assert classified["one_channel"] == "ValueError: Grayscale format does not convert to other formats."
+        for name in ("input_size", "full_size"):
+            categories = classified[name]
+            assert all(label in CLASS_NAMES for _, label, _ in categories)
+            assert sorted(c[0] for c in categories) == list(range(len(CLASS_NAMES)))  # all C, once each
+            assert all(CLASS_NAMES[index] == label for index, label, _ in categories)
+            assert all(0.0 <= score <= 1.0 for _, _, score in categories)
+            assert len({round(score, 6) for _, _, score in categories}) > 1  # a real image, really run
+        scores = np.zeros(len(CLASS_NAMES))
+        for index, _, score in classified["input_size"]:
+            scores[index] = score
+        interpreter = Interpreter(model_path=str(exported[key]))
+        interpreter.allocate_tensors()
+        (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+        interpreter.set_tensor(inp["index"], radiograph[None].astype(inp["dtype"]))
+        interpreter.invoke()
+        litert = interpreter.get_tensor(out["index"])[0]
+        np.testing.assert_allclose(scores, litert, atol=1e-5, rtol=0)
+        gray_pixels = radiograph[None, :, :, :1].astype(np.float32)
+        ours = Predictor.load(exported[key]).predict(gray_pixels)[0]  # gray in, R = G = B fed by the runtime
+        np.testing.assert_allclose(scores, ours, atol=1e-4, rtol=0)
+        # And the grayscale export's probabilities on the same radiograph.
+        gray = Predictor.load(exported[key.replace("rgb", "gray")]).predict(gray_pixels)[0]
+        np.testing.assert_allclose(scores, gray, atol=1e-4, rtol=0)

@@ -15,10 +15,11 @@ What is written, per the schema and as the official image classifier writer fill
 - the model: name, description, version, author, license, ``min_parser_version`` (``1.0.0``: every
   field used here is in the first schema version, the rule of ``metadata_version.cc``) and the
   model-level associated files (type ``DESCRIPTIONS``, e.g. ``model_card.json``);
-- the input ``image`` tensor: ``ImageProperties`` (``GRAYSCALE`` for one channel, ``RGB`` for three,
-  ``default_size`` S x S), for a float32 input a ``NormalizationOptions`` process unit with
-  ``mean [0]`` and ``std [1]`` (the model takes raw pixels 0-255 and normalises inside the graph;
-  a reader computes ``(x - mean) / std``), none for a uint8 input, and ``Stats`` min 0, max 255;
+- the input ``image`` tensor: ``ImageProperties`` (``GRAYSCALE`` for one channel, ``RGB`` for three:
+  the Task Library's ``ImageClassifier`` accepts only RGB; ``default_size`` S x S), for a float32
+  input a ``NormalizationOptions`` process unit with ``mean [0]`` and ``std [1]`` (the model takes
+  raw pixels 0-255 and normalises inside the graph; a reader computes ``(x - mean) / std``, one
+  value for every channel), none for a uint8 input, and ``Stats`` min 0, max 255;
 - the output ``probabilities`` tensor: ``FeatureProperties``, ``Stats`` min 0, max 1, ``labels.txt``
   (one class a line, in output order) as ``TENSOR_AXIS_LABELS`` and ``thresholds.json`` when given.
 
@@ -46,7 +47,6 @@ Example:
 from __future__ import annotations
 
 import io
-import json
 import os
 import zipfile
 from pathlib import Path
@@ -188,9 +188,11 @@ def _metadata_table(class_names, name, description, version, author, license, in
     image = {"color_space": COLOR_SPACES.index(color), "default_size": {"width": size, "height": size}}
     scaling = ("raw pixel values 0-255 as float32 (the model normalises internally)" if input_dtype == "float32"
                else "raw pixel values 0-255 as uint8")
+    # The RGB variant's graph turns the three channels into one luminance channel itself.
+    colour = "grayscale" if channels == 1 else "RGB (converted to gray inside the model)"
     input_meta = {
         "name": INPUT_NAME,
-        "description": f"Chest radiograph, {size} x {size} px, {color.lower()}, {scaling}.",
+        "description": f"Chest radiograph, {size} x {size} px, {colour}, {scaling}.",
         "content": {"content_properties": ("ImageProperties", image)},
         "stats": {"max": [255.0], "min": [0.0]},
     }

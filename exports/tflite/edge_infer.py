@@ -4,8 +4,9 @@ Reads ``labels.txt`` and ``thresholds.json`` from inside the model when it carri
 export packs them as its TFLite metadata's associated files: the ``.tflite`` is also a ZIP
 archive), else from the model's folder, and ``<model stem>.json`` from the model's folder when
 present; turns each image into what the model was trained on, feeds it as uint8 or float32 pixels
-in [0, 255] as the model's input says, and prints the findings (``--json``: one JSON object a
-line; the threshold source is named in each result). PNG, JPEG and (with ``pip install pydicom``)
+in [0, 255] as the model's input says (a model with an RGB input, the ``_rgb`` export for the LiteRT
+Task Library, gets the gray image as R = G = B and converts it back itself), and prints the
+findings (``--json``: one JSON object a line; the threshold source is named in each result). PNG, JPEG and (with ``pip install pydicom``)
 DICOM files are recognised by their first bytes, not their names.
 
 Preprocessing follows can-tf's TensorFlow pipeline as closely as numpy and Pillow allow: one float
@@ -363,9 +364,10 @@ class Model:
                              f"got {len(inputs)} and {len(outputs)}")
         (self.input,), (self.output,) = inputs, outputs
         _, height, width, channels = (list(self.input["shape"]) + [0, 0, 0, 0])[:4]
-        if len(self.input["shape"]) != 4 or height != width or channels != 1:
-            raise UsageError(f"{model_path}: expected a (1, S, S, 1) input, got {list(self.input['shape'])}")
-        self.size = int(height)
+        if len(self.input["shape"]) != 4 or height != width or channels not in (1, 3):
+            raise UsageError(f"{model_path}: expected a (1, S, S, 1) or (1, S, S, 3) input, "
+                             f"got {[int(d) for d in self.input['shape']]}")
+        self.size, self.channels = int(height), int(channels)
         num_outputs = int(self.output["shape"][-1])
         if num_outputs != len(self.labels):
             raise UsageError(f"{model_path} has {num_outputs} outputs but {labels_path} lists {len(self.labels)}")
@@ -375,6 +377,8 @@ class Model:
     def predict(self, image_path) -> dict:
         """Runs the model on one image; raises :class:`ImageRefused` for a file it cannot use."""
         pixels = preprocess(image_path, self.size, self.pixel_dtype, max_pixels=self.max_pixels, aspect=self.aspect)
+        if self.channels == 3:
+            pixels = np.repeat(pixels, 3, axis=-1)  # gray as RGB: the model's luminance gives it back
         start = time.perf_counter()
         self.interpreter.set_tensor(self.input["index"], to_input_tensor(pixels, self.input))
         self.interpreter.invoke()
