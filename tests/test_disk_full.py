@@ -111,7 +111,8 @@ def test_tflite_export_on_a_full_disk(small_disk, phantom_dir):
     small_disk.resize("4m")
     again = cli(*args)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["can_none.json", "can_none.tflite", "labels.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["can_none.json", "can_none.model_card.json",
+                                                     "can_none.model_card.md", "can_none.tflite", "labels.txt"]
 
 
 def test_data_synth_on_a_full_disk(small_disk):
@@ -305,4 +306,7 @@ def test_evaluate_on_a_full_disk_leaves_no_half_report(small_disk, phantom_dir, 
     small_disk.resize("10m")
     again = cli(*args)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
-    assert sorted(p.name for p in out.iterdir()) == ["report.csv", "report.json", "report.md", "roc.png"]
+    # --thresholds none and no thresholds saved: no operating points, every other file.
+    assert sorted(p.name for p in out.iterdir()) == [
+        "calibration.json", "calibration.md", "figures", "model_card.json", "model_card.md", "report.csv",
+        "report.html", "report.json", "report.md", "roc.png", "subgroups.json", "subgroups.md"]

@@ -132,7 +132,8 @@ def test_tflite_export_removes_a_killed_exports_temporary_file(killed_exports, p
     out = killed_exports / "tflite"
     images = sorted((phantom_dir / "images").glob("*.png"))[:2]
     result = export_tflite(support.tiny_source(), out, images=images, num_verify=2)
-    assert sorted(p.name for p in out.iterdir()) == ["can_none.json", "can_none.tflite", "labels.txt",
+    assert sorted(p.name for p in out.iterdir()) == ["can_none.json", "can_none.model_card.json",
+                                                     "can_none.model_card.md", "can_none.tflite", "labels.txt",
                                                      "thresholds.json"]
     assert result.path.read_bytes()[4:8] == b"TFL3"
 
