@@ -34,6 +34,8 @@ import click
               help="Metadata columns to analyse besides sex, age band and view, comma-separated.")
 @click.option("--gallery", type=click.IntRange(min=0), default=6, show_default=True,
               help="Grad-CAM heat maps in the HTML report (Keras models; 0 for none).")
+@click.option("--figures", default="svg,pdf", show_default=True, metavar="FORMATS",
+              help="Formats of the figures in figures/ (svg, pdf, png, comma-separated), or none.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
 @click.option("--image-root", default=None, type=click.Path(exists=True, file_okay=False),
@@ -41,7 +43,7 @@ import click
 @click.option("--set", "overrides", multiple=True, metavar="data.FIELD=VALUE",
               help="Override a data field as in fit, e.g. --set data.views=[PA] (repeatable).")
 def evaluate(model, data, data_format, split, n_boot, out_dir, references, thresholds, calibration, subgroups, gallery,
-             batch_size, seed, image_root, overrides):
+             figures, batch_size, seed, image_root, overrides):
     """Evaluate a run (or any saved model) per class, like the paper's table.
 
     \b
@@ -75,7 +77,8 @@ def evaluate(model, data, data_format, split, n_boot, out_dir, references, thres
         result = evaluate_model(model, data=data, split=split, n_boot=n_boot, out_dir=out_dir,
                                 references="all" if references else (), thresholds=thresholds,
                                 calibration=calibration, subgroups=[c.strip() for c in subgroups.split(",") if c.strip()],
-                                gallery=gallery, batch_size=batch_size, seed=seed, data_overrides=flags)
+                                gallery=gallery, figures=_formats(figures), batch_size=batch_size, seed=seed,
+                                data_overrides=flags)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
     # Other can_tf errors (data, model file, run, evaluation) become one `Error:` line in can_tf_cli.main.
@@ -85,7 +88,8 @@ def evaluate(model, data, data_format, split, n_boot, out_dir, references, thres
         click.echo(f"note: {note}", err=True)
     folder = result.html_path.parent
     click.echo(f"Report ({result.num_images} images, {result.split} split) in {folder}: report.html, report.md, "
-               f"report.csv, report.json, subgroups, calibration, model card; figures in {folder / 'figures'}",
+               f"report.csv, report.json, subgroups, calibration, model card"
+               + (f"; figures in {folder / 'figures'}" if any(k.startswith("figure_") for k in result.files) else ""),
                err=True)
     if result.thresholds_path is not None:
         click.echo(f"Thresholds ({result.thresholds.method}, chosen on the val split) saved to "
@@ -100,3 +104,8 @@ def evaluate(model, data, data_format, split, n_boot, out_dir, references, thres
         click.echo(f"Expected calibration error on the {result.split} split (mean of {mean['num_classes']} classes): "
                    f"{mean['ece_before']:.3f} as the model gives it{after}", err=True)
     click.echo(f"Open the report: {result.html_path}", err=True)
+
+
+def _formats(text: str) -> tuple:
+    text = text.strip().lower()
+    return () if text == "none" else tuple(f.strip() for f in text.split(",") if f.strip())

@@ -11,6 +11,9 @@ from click.testing import CliRunner
 from can_tf_cli.main import main
 from run_helpers import make_run_dir
 
+# Tests that do not look at the figures or heat maps skip drawing them (most of an evaluation's time).
+QUICK = ["--figures", "none", "--gallery", "0"]
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, phantom_dir):
@@ -79,7 +82,7 @@ def test_evaluate_run_report_matches_sklearn_and_saves_thresholds(run_dir):
 
 
 def test_sensitivity_thresholds_meet_their_target_on_val(run_dir, tmp_path):
-    result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--bootstrap", "20", "--split", "val",
+    result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--bootstrap", "20", "--split", "val", *QUICK,
                                        "--thresholds", "sensitivity:0.9", "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     thresholds = json.loads((run_dir / "thresholds.json").read_text())
@@ -96,7 +99,7 @@ def test_thresholds_round_trip_through_saved_model(run_dir, tmp_path, chestxray1
     from can_tf.export.saved_model import export_saved_model
     from can_tf.predictor import Predictor
 
-    result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--bootstrap", "10"])
+    result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--bootstrap", "10", *QUICK])
     assert result.exit_code == 0, result.output
     saved = json.loads((run_dir / "thresholds.json").read_text())
     export = export_saved_model(run_dir, tmp_path / "models", name="can", num_images=2)
@@ -130,7 +133,7 @@ def test_tflite_and_saved_model_exports_evaluate_to_the_same_auroc_table(tmp_pat
     reports = {}
     for fmt, model in (("saved_model", saved.path), ("tflite", lite.path)):
         out = tmp_path / f"eval-{fmt}"
-        result = CliRunner().invoke(main, ["evaluate", str(model), "--data", str(data), "--bootstrap", "20",
+        result = CliRunner().invoke(main, ["evaluate", str(model), "--data", str(data), "--bootstrap", "20", *QUICK,
                                            "--thresholds", "none", "--batch-size", "16", "--out", str(out)])
         assert result.exit_code == 0, result.output
         reports[fmt] = json.loads((out / "report.json").read_text())
@@ -163,7 +166,7 @@ def test_evaluate_bad_options_name_the_option(run_dir, tmp_path):
 def test_evaluate_narrows_the_data_with_set_and_image_root_as_fit_does(run_dir, phantom_dir, tmp_path):
     # the report of a subset: only PA views, from an image root given on the command line
     out = tmp_path / "pa"
-    result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--bootstrap", "10", "--thresholds", "none",
+    result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--bootstrap", "10", "--thresholds", "none", *QUICK,
                                        "--image-root", str(phantom_dir / "images"), "--set", "data.views=[PA]",
                                        "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -190,7 +193,7 @@ def test_evaluate_is_refused_while_another_process_holds_the_run(run_dir):
     holder = Run(run_dir)
     holder.lock()
     try:
-        result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--bootstrap", "5"])
+        result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--bootstrap", "5", *QUICK])
     finally:
         holder.unlock()
     assert result.exit_code == 1
@@ -198,7 +201,7 @@ def test_evaluate_is_refused_while_another_process_holds_the_run(run_dir):
 
 
 def test_a_phantom_trained_model_says_so_in_its_report(run_dir):
-    result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--bootstrap", "5", "--thresholds", "none",
+    result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--bootstrap", "5", "--thresholds", "none", *QUICK,
                                        "--out", str(run_dir / "eval" / "phantom-check")])
     assert result.exit_code == 0, result.output
     report = (run_dir / "eval" / "phantom-check" / "report.md").read_text()

@@ -293,7 +293,7 @@ def test_evaluate_on_a_full_disk_leaves_no_half_report(small_disk, phantom_dir, 
 
     run = make_run_dir(tmp_path / "run", phantom_dir)
     out = small_disk.path / "report"
-    args = ["evaluate", run, "--bootstrap", "5", "--thresholds", "none", "--out", out]
+    args = ["evaluate", run, "--bootstrap", "5", "--thresholds", "none", "--gallery", "0", "--out", out]
     failed = cli(*args)
     output = failed.stdout + failed.stderr
     errors = [line for line in output.splitlines() if line.startswith("Error:")]

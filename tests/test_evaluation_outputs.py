@@ -110,7 +110,7 @@ def test_model_card_of_the_evaluation(evaluated):
 def test_calibration_off_removes_the_saved_temperatures(tmp_path, phantom_dir):
     run_dir = make_run_dir(tmp_path / "run", phantom_dir)
     runner = CliRunner()
-    args = ["evaluate", str(run_dir), "--bootstrap", "10", "--gallery", "0", "--split", "val"]
+    args = ["evaluate", str(run_dir), "--bootstrap", "10", "--gallery", "0", "--figures", "none", "--split", "val"]
     assert runner.invoke(main, args + ["--calibration", "global"]).exit_code == 0
     from can_tf.evaluation.calibration import Temperatures
 
@@ -120,11 +120,14 @@ def test_calibration_off_removes_the_saved_temperatures(tmp_path, phantom_dir):
     assert result.exit_code == 0, result.output
     assert not (run_dir / "calibration.json").exists()
     assert "calibration off" in result.stderr
+    report = run_dir / "eval" / "val"
+    assert not (report / "figures").exists()  # --figures none: the page says so in their place
+    assert "figures not drawn (--figures none)" in (report / "report.html").read_text()
 
 
 def test_unknown_subgroup_column_is_one_error_line(tmp_path, phantom_dir):
     run_dir = make_run_dir(tmp_path / "run", phantom_dir)
-    result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--bootstrap", "10",
+    result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--bootstrap", "10", "--figures", "none",
                                                        "--subgroups", "insurance"])
     assert result.exit_code == 1
     assert "subgroup column 'insurance' is not in the data" in result.stderr

@@ -78,7 +78,8 @@ def _model_probabilities(run_dir, paths):
 def test_nih_model_on_chexpert_labels_compares_the_shared_classes(run_dir, chexpert_dir, real, tmp_path):
     from can_tf.evaluation.model_evaluation import evaluate_model
 
-    result = evaluate_model(run_dir, data=str(chexpert_dir), out_dir=tmp_path / "eval", n_boot=50, thresholds="none")
+    result = evaluate_model(run_dir, data=str(chexpert_dir), out_dir=tmp_path / "eval", n_boot=50, thresholds="none",
+                            figures=(), gallery=0)
     shared = ["Atelectasis", "Cardiomegaly", "Effusion", "Pneumonia", "Pneumothorax", "Consolidation", "Edema"]
     assert list(result.report.class_names) == shared and result.num_images == 40
     note = next(n for n in result.notes if n.startswith("on chexpert data"))
@@ -99,7 +100,8 @@ def test_nih_model_on_chexpert_labels_compares_the_shared_classes(run_dir, chexp
 def test_nih_model_on_nih_google_labels_scores_the_composite(run_dir, google_dir, real, tmp_path):
     from can_tf.evaluation.model_evaluation import evaluate_model
 
-    result = evaluate_model(run_dir, data=str(google_dir), out_dir=tmp_path / "eval", n_boot=50, thresholds="none")
+    result = evaluate_model(run_dir, data=str(google_dir), out_dir=tmp_path / "eval", n_boot=50, thresholds="none",
+                            figures=(), gallery=0)
     assert list(result.report.class_names) == ["Pneumothorax", "Nodule or Mass"]
     names, probabilities = _model_probabilities(run_dir, real)
     order = np.argsort([p.name for p in real])  # the reader keeps the files' row order: sorted names
@@ -116,7 +118,8 @@ def test_cli_evaluate_names_the_format_and_refuses_format_without_data(run_dir, 
     from can_tf_cli.main import main
 
     out = CliRunner().invoke(main, ["evaluate", str(run_dir), "--data", str(google_dir), "--format", "nih-google",
-                                    "--bootstrap", "20", "--thresholds", "none", "--out", str(tmp_path / "e")])
+                                    "--bootstrap", "20", "--thresholds", "none", "--figures", "none", "--gallery", "0",
+                                    "--out", str(tmp_path / "e")])
     assert out.exit_code == 0, out.output
     assert "External evaluation" in out.output and "Nodule or Mass" in out.output
     out = CliRunner().invoke(main, ["evaluate", str(run_dir), "--format", "chexpert"])

@@ -273,6 +273,7 @@ def test_parse_console_reads_chromium_log_lines():
     ]
 
 
+@pytest.mark.slow
 def test_browser_reports_console_errors_of_a_broken_page(tmp_path):
     require_chromium()
     page = tmp_path / "broken.html"

@@ -61,6 +61,7 @@ def parse_threshold_method(text: str) -> tuple:
 
 
 CALIBRATION_MODES = ("class", "global", "off")
+FIGURE_FORMATS = ("svg", "pdf", "png")
 # The search range of the temperatures: beyond it a validation split is separating a class, not
 # telling how confident the model should be.
 TEMPERATURE_BOUNDS = (0.05, 20.0)
@@ -119,6 +120,7 @@ def evaluate_model(
     calibration: str = "class",
     subgroups: Sequence[str] = (),
     gallery: int = 6,
+    figures: Sequence[str] = ("svg", "pdf"),
     batch_size: int = 32,
     seed: int = 0,
     on_batch: Optional[Callable[[int], None]] = None,
@@ -145,6 +147,9 @@ def evaluate_model(
             is calibrated; other evaluations report the probabilities the model gives.
         subgroups: metadata columns to analyse besides sex, age band and view.
         gallery: heat maps in the HTML report (Keras models only; 0 for none).
+        figures: formats of the figures written to ``figures/`` (``svg``, ``pdf``, ``png``); empty
+            for none (the HTML page then says so in place of each figure; drawing 14-class grids is
+            most of an evaluation's time on a small data set).
         batch_size: images per forward pass.
         on_batch: progress callback, called with the number of images of each batch.
         data_overrides: ``data.field=value`` strings applied to the data config as in ``fit``
@@ -163,6 +168,11 @@ def evaluate_model(
     method, target = parse_threshold_method(thresholds)
     if split is not None and split not in SPLITS:
         raise EvaluationError(f"--split must be one of {', '.join(SPLITS)}; got {split!r}")
+    figures = tuple(figures)
+    unknown = [f for f in figures if f not in FIGURE_FORMATS]
+    if unknown:
+        raise EvaluationError(f"--figures: unknown format(s) {', '.join(unknown)}; choose from "
+                              f"{', '.join(FIGURE_FORMATS)} or none")
     if calibration not in CALIBRATION_MODES:
         raise EvaluationError(f"--calibration must be one of {', '.join(CALIBRATION_MODES)}; got {calibration!r}")
     model = Path(model)
@@ -305,7 +315,8 @@ def evaluate_model(
         if out_dir is None:
             out_dir = (run_dir / "eval" / split) if run_dir is not None else Path(f"eval-{_model_name(model, fmt)}-{split}")
         files = report.save(out_dir, overwrite=True,
-                            extra_files=_report_files(report, analyses, predictor, chosen or operating, temperatures))
+                            extra_files=_report_files(report, analyses, predictor, chosen or operating, temperatures,
+                                                      figures))
 
         # The model's files last, once its report is in place: predict picks them up.
         if fitted:
@@ -364,7 +375,7 @@ def _gallery(predictor, evaluated, y_true, y_prob, limit: int, notes: list) -> l
         return []
 
 
-def _report_files(report, analyses: dict, predictor, thresholds, temperatures) -> dict:
+def _report_files(report, analyses: dict, predictor, thresholds, temperatures, figure_formats=FIGURE_FORMATS) -> dict:
     """``{kind: (relative path, content)}`` of the files written beside report.md."""
     import json
 
@@ -385,20 +396,25 @@ def _report_files(report, analyses: dict, predictor, thresholds, temperatures) -
         files["operating_points_markdown"] = ("operating_points.md", points.to_markdown())
     patients = report.patient_ids
     threshold_values = None if thresholds is None else list(thresholds.values)
-    figures = {
-        "roc": roc_grid(report.y_true, report.y_prob, patients, report.class_names, thresholds=threshold_values,
-                        seed=report.seed, confidence=report.confidence),
-        "pr": pr_grid(report.y_true, report.y_prob, patients, report.class_names, thresholds=threshold_values,
-                      seed=report.seed, confidence=report.confidence),
-        "calibration": reliability_grid(calibration.to_dict()),
-        "forest": forest_plot(subgroups.to_dict()),
+    drawers = {
+        "roc": lambda: roc_grid(report.y_true, report.y_prob, patients, report.class_names,
+                                thresholds=threshold_values, seed=report.seed, confidence=report.confidence),
+        "pr": lambda: pr_grid(report.y_true, report.y_prob, patients, report.class_names,
+                              thresholds=threshold_values, seed=report.seed, confidence=report.confidence),
+        "calibration": lambda: reliability_grid(calibration.to_dict()),
+        "forest": lambda: forest_plot(subgroups.to_dict()),
     }
     svgs = {}
-    for name, figure in figures.items():  # SVG and PDF for papers; the same SVG inlined in the HTML page
+    for name, draw in drawers.items():  # SVG and PDF for papers; the same SVG inlined in the HTML page
+        if not figure_formats:
+            svgs[name] = "figures not drawn (--figures none)"
+            continue
+        figure = draw()
         svg = figure_bytes(figure, "svg")
         svgs[name] = inline_svg(svg.decode("utf-8"))
-        files[f"figure_{name}_svg"] = (f"figures/{name}.svg", svg)
-        files[f"figure_{name}_pdf"] = (f"figures/{name}.pdf", figure_bytes(figure, "pdf"))
+        for fmt in figure_formats:
+            content = svg if fmt == "svg" else figure_bytes(figure, fmt)
+            files[f"figure_{name}_{fmt}"] = (f"figures/{name}.{fmt}", content)
     evaluation = {"report": report.to_dict(), "calibration": calibration.to_dict(), "subgroups": subgroups.to_dict()}
     if points is not None:
         evaluation["operating_points"] = points.to_dict()
