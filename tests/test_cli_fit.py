@@ -73,6 +73,18 @@ def test_fit_end_to_end_writes_a_complete_run_dir(tmp_path, phantom_dir):
     assert metrics["num_test_images"] == len(splits["test"])
     defined = [v for v in metrics["test_auroc"].values() if v is not None]
     assert metrics["test_mean_auroc"] == pytest.approx(np.mean(defined))
+    # The closing table's 95% patient-bootstrap intervals: in metrics.json and printed beside each AUROC.
+    assert "AUROC  [95% CI, patient bootstrap]" in result.output
+    for name, point in metrics["test_auroc"].items():
+        interval = metrics["test_auroc_ci"][name]
+        if point is None:
+            assert interval is None
+            continue
+        assert interval is not None and interval[0] <= point <= interval[1], name
+        row = next(line for line in lines if line.startswith(name + " "))
+        assert row.split()[1:] == [f"{point:.3f}", f"[{interval[0]:.3f},", f"{interval[1]:.3f}]"], row
+    low, high = metrics["test_mean_auroc_ci"]
+    assert low <= metrics["test_mean_auroc"] <= high
     assert sorted(p.name for p in (run / "checkpoint").iterdir()) == ["epoch-1.weights.h5", "state.json"]
     model = keras.saving.load_model(run / "best.keras", compile=False)
     out = model.predict(np.zeros((2, 64, 64, 1), "float32"), verbose=0)

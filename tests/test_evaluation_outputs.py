@@ -45,6 +45,38 @@ def test_html_report_is_self_contained(evaluated):
     assert "phantom" in html  # the provenance warning
 
 
+def test_evaluate_prints_the_calibration_it_measured(evaluated):
+    run_dir, result = evaluated
+    summary = json.loads((run_dir / "eval" / "test" / "calibration.json").read_text())["mean"]
+    assert (f"Expected calibration error on the test split (mean of {summary['num_classes']} classes): "
+            f"{summary['ece_before']:.3f} as the model gives it, {summary['ece_after']:.3f} after temperature "
+            f"scaling") in result.stderr
+    from can_tf.evaluation.calibration import Temperatures
+
+    # The small phantom's val split lacks positives of some classes: they are named, never silently pooled.
+    fallback = Temperatures.from_json(run_dir / "calibration.json").fallback
+    assert fallback and all(reason.startswith("no positive label") for reason in fallback.values())
+    assert f"share the pooled temperature: {', '.join(fallback)}" in result.stderr
+
+
+def test_a_bad_figure_format_is_one_error_line(tmp_path, phantom_dir):
+    run_dir = make_run_dir(tmp_path / "run", phantom_dir)
+    result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--figures", "svg,gif"])
+    assert result.exit_code == 1
+    assert "--figures: unknown format(s) gif; choose from svg, pdf, png or none" in result.stderr
+    assert "Traceback" not in result.stderr and not (run_dir / "eval").exists()
+
+
+def test_gallery_picks_each_classes_most_confident_labelled_positive_once():
+    from can_tf.explanation.gallery import pick_examples
+
+    y = np.array([[1, 1, 0], [1, 0, 0], [0, 1, np.nan], [0, 0, 0]], "float32")
+    p = np.array([[0.9, 0.8, 0.9], [0.7, 0.1, 0.1], [0.1, 0.6, 0.9], [0.2, 0.99, 0.5]])
+    # Atelectasis: row 0 (0.9 > 0.7); Cardiomegaly: row 0 is taken, so row 2; no labelled third class.
+    assert pick_examples(y, p, ["A", "B", "C"]) == [(0, 0), (2, 1)]
+    assert pick_examples(y, p, ["A", "B", "C"], limit=1) == [(0, 0)]
+
+
 def test_subgroups_cover_sex_age_and_view(evaluated):
     run_dir, _ = evaluated
     subgroups = json.loads((run_dir / "eval" / "test" / "subgroups.json").read_text())
