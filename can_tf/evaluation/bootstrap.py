@@ -104,6 +104,15 @@ class BootstrapResult:
         }
 
 
+def check_settings(n_boot, confidence: float = 0.95) -> None:
+    """Raises :class:`EvaluationError` unless ``n_boot`` is a positive integer and ``confidence`` in
+    (0, 1): the checks of every bootstrap in can-tf (intervals, operating points, curve bands)."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise EvaluationError(f"n_boot must be a positive integer, got {n_boot!r}")
+    if not 0.0 < confidence < 1.0:
+        raise EvaluationError(f"confidence must be in (0, 1), got {confidence!r}")
+
+
 def bootstrap_metrics(
     y_true,
     y_prob,
@@ -137,18 +146,15 @@ def bootstrap_metrics(
     for metric in metrics:
         if metric not in METRICS:
             raise EvaluationError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise EvaluationError(f"n_boot must be a positive integer, got {n_boot!r}")
-    if not 0.0 < confidence < 1.0:
-        raise EvaluationError(f"confidence must be in (0, 1), got {confidence!r}")
-    patient_codes, num_patients = _patient_codes(patient_ids, y_true.shape[0])
+    check_settings(n_boot, confidence)
+    codes, num_patients = patient_codes(patient_ids, y_true.shape[0])
 
     point_fns = {"auroc": per_class_auroc, "auprc": per_class_auprc}
     points = {m: point_fns[m](y_true, y_prob, class_names) for m in metrics}
     # replicates[m][b, c]: metric m of class c in replicate b (NaN where undefined).
     replicates = {m: np.full((n_boot, len(class_names)), np.nan) for m in metrics}
     columns = [
-        _SortedColumn(y_true[:, c], y_prob[:, c], patient_codes, num_patients)
+        _SortedColumn(y_true[:, c], y_prob[:, c], codes, num_patients)
         for c in range(len(class_names))
     ]
 
@@ -156,7 +162,7 @@ def bootstrap_metrics(
     block = max(1, min(n_boot, _BLOCK_ELEMENTS // max(num_patients, y_true.shape[0])))
     for start in range(0, n_boot, block):
         stop = min(n_boot, start + block)
-        counts_t = np.ascontiguousarray(_draw_patient_counts(rng, stop - start, num_patients).T)
+        counts_t = np.ascontiguousarray(draw_patient_counts(rng, stop - start, num_patients).T)
         for c, column in enumerate(columns):
             if column.trivial:
                 continue
@@ -172,7 +178,7 @@ def bootstrap_metrics(
     for m in metrics:
         per_class = {}
         for c, name in enumerate(class_names):
-            per_class[name] = _interval(points[m][name], replicates[m][:, c], lo_q, hi_q)
+            per_class[name] = percentile_interval(points[m][name], replicates[m][:, c], lo_q, hi_q)
         mean_point, n_averaged = mean_over_defined(points[m])
         defined_cols = [c for c, name in enumerate(class_names) if points[m][name] is not None]
         if defined_cols:
@@ -184,7 +190,7 @@ def bootstrap_metrics(
             metric=m,
             class_names=class_names,
             per_class=per_class,
-            mean=_interval(mean_point, mean_reps, lo_q, hi_q),
+            mean=percentile_interval(mean_point, mean_reps, lo_q, hi_q),
             num_classes_averaged=n_averaged,
             n_boot=int(n_boot),
             confidence=float(confidence),
@@ -250,15 +256,14 @@ def patient_replicate_weights(
         >>> (w[:, 0] + w[:, 2]).tolist()  # two patients drawn in every replicate
         [2.0, 2.0, 2.0, 2.0]
     """
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise EvaluationError(f"n_boot must be a positive integer, got {n_boot!r}")
+    check_settings(n_boot)
     if num_images is None:
         if patient_ids is None:
             raise EvaluationError("num_images is needed when patient_ids is None")
         num_images = np.asarray(patient_ids, dtype=object).reshape(-1).shape[0]
     if num_images < 1:
         raise EvaluationError("no images to resample (0 rows)")
-    codes, num_patients = _patient_codes(patient_ids, int(num_images))
+    codes, num_patients = patient_codes(patient_ids, int(num_images))
     # Same block size and draw order as bootstrap_metrics, so the replicates are the same ones.
     block = max(1, min(n_boot, _BLOCK_ELEMENTS // max(num_patients, int(num_images))))
 
@@ -266,13 +271,13 @@ def patient_replicate_weights(
         rng = np.random.default_rng(seed)
         for start in range(0, n_boot, block):
             stop = min(n_boot, start + block)
-            counts = _draw_patient_counts(rng, stop - start, num_patients)
+            counts = draw_patient_counts(rng, stop - start, num_patients)
             yield start, stop, counts[:, codes]
 
     return blocks()
 
 
-def _patient_codes(patient_ids, num_images: int):
+def patient_codes(patient_ids, num_images: int):
     """Maps patient ids to codes 0..P-1; ``None`` makes every image its own patient."""
     if patient_ids is None:
         return np.arange(num_images), num_images
@@ -290,7 +295,7 @@ def _patient_codes(patient_ids, num_images: int):
     return codes, int(codes.max()) + 1
 
 
-def _draw_patient_counts(rng: np.random.Generator, n_rep: int, num_patients: int) -> np.ndarray:
+def draw_patient_counts(rng: np.random.Generator, n_rep: int, num_patients: int) -> np.ndarray:
     """``(n_rep, P)`` multiplicities: each row is P draws of patients with replacement."""
     draws = rng.integers(0, num_patients, size=(n_rep, num_patients))
     flat = draws + (np.arange(n_rep) * num_patients)[:, None]
@@ -394,7 +399,8 @@ def _cumsum_from_zero(weights: np.ndarray) -> np.ndarray:
     return out
 
 
-def _interval(point: Optional[float], values: np.ndarray, lo_q: float, hi_q: float) -> Interval:
+def percentile_interval(point: Optional[float], values: np.ndarray, lo_q: float, hi_q: float) -> Interval:
+    """``point`` with the percentile interval of the finite replicate ``values`` (NaN: dropped)."""
     if point is None:
         return Interval(point=None, low=None, high=None, n_used=0)
     values = values[~np.isnan(values)]

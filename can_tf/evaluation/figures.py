@@ -53,7 +53,7 @@ from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from can_tf.evaluation.bootstrap import _draw_patient_counts, _patient_codes
+from can_tf.evaluation.bootstrap import check_settings, draw_patient_counts, patient_codes
 from can_tf.evaluation.metrics import (
     EvaluationError,
     check_predictions,
@@ -190,10 +190,7 @@ def curve_band(
     """
     if kind not in KINDS:
         raise EvaluationError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise EvaluationError(f"n_boot must be a positive integer, got {n_boot!r}")
-    if not 0.0 < confidence < 1.0:
-        raise EvaluationError(f"confidence must be in (0, 1), got {confidence!r}")
+    check_settings(n_boot, confidence)
     if grid_points < 2:
         raise EvaluationError(f"grid_points must be at least 2, got {grid_points!r}")
     labels = np.asarray(labels, dtype=np.float64).reshape(-1)
@@ -201,7 +198,7 @@ def curve_band(
     reason = undefined_reason(labels)
     if reason is not None:
         raise EvaluationError(f"curve undefined: {reason}")
-    codes, num_patients = _patient_codes(patient_ids, labels.size)
+    codes, num_patients = patient_codes(patient_ids, labels.size)
     known = ~np.isnan(labels)
     labels, scores, codes = labels[known], scores[known], codes[known]
     grid = np.linspace(0.0, 1.0, int(grid_points))
@@ -219,7 +216,7 @@ def curve_band(
     block = max(1, min(n_boot, _BLOCK_ELEMENTS // max(num_patients, labels.size)))
     for start in range(0, n_boot, block):
         stop = min(n_boot, start + block)
-        counts = _draw_patient_counts(rng, stop - start, num_patients)
+        counts = draw_patient_counts(rng, stop - start, num_patients)
         values[start:stop] = _grid_values(positive, ends, counts[:, codes], grid, kind)
     usable = ~np.isnan(values[:, 0])
     lo_q, hi_q = 100.0 * (1.0 - confidence) / 2.0, 100.0 * (1.0 + confidence) / 2.0

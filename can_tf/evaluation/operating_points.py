@@ -39,7 +39,7 @@ from typing import Sequence
 
 import numpy as np
 
-from can_tf.evaluation.bootstrap import Interval, _interval, patient_replicate_weights
+from can_tf.evaluation.bootstrap import Interval, check_settings, patient_replicate_weights, percentile_interval
 from can_tf.evaluation.metrics import EvaluationError, check_predictions
 from can_tf.evaluation.thresholds import Thresholds
 
@@ -129,8 +129,7 @@ def operating_points(
     class_names = tuple(class_names)
     y_true, y_prob = check_predictions(y_true, y_prob, class_names)
     values = _threshold_values(thresholds, class_names)
-    if not 0.0 < confidence < 1.0:
-        raise EvaluationError(f"confidence must be in (0, 1), got {confidence!r}")
+    check_settings(n_boot, confidence)
     num_classes = len(class_names)
 
     known = ~np.isnan(y_true)
@@ -159,7 +158,7 @@ def operating_points(
         intervals[name] = {}
         for m, metric in enumerate(METRICS):
             point = point_metrics[c, m]
-            intervals[name][metric] = _interval(
+            intervals[name][metric] = percentile_interval(
                 None if np.isnan(point) else float(point), replicates[:, c, m], lo_q, hi_q
             )
     return OperatingPoints(
