@@ -161,6 +161,7 @@ def evaluate_model(
     from can_tf.data.table import load_table
     from can_tf.evaluation.calibration import fit_temperature
     from can_tf.evaluation.report import EvaluationReport
+    from can_tf.evaluation.subgroups import DEFAULT_ATTRIBUTES, subgroup_columns
     from can_tf.evaluation.thresholds import choose_thresholds
     from can_tf.predictor import CALIBRATION_FILE, CONFIG_FILE, Predictor, find_metadata, model_format
     from can_tf.run import read_config, read_temperatures, run_of_model
@@ -237,6 +238,9 @@ def evaluate_model(
         if len(evaluated) == 0:
             raise EvaluationError(f"the {split} split is empty")
 
+        # Before any prediction: a subgroup column that is not there is the user's error, found at once.
+        attributes = list(DEFAULT_ATTRIBUTES) + [c for c in subgroups if c not in DEFAULT_ATTRIBUTES]
+        groups = subgroup_columns(evaluated, attributes)
         y_true, y_raw = predict_table(predictor, evaluated, class_names, batch_size, on_batch)
         val = splits.get("val")
         has_val = val is not None and len(val) > 0
@@ -307,7 +311,7 @@ def evaluate_model(
             n_boot=n_boot, seed=seed, references=references, provenance=predictor.provenance,
             external=external.sentence if external is not None else None,
         )
-        analyses = _analyses(report, evaluated, y_raw, temperatures, operating, subgroups, notes)
+        analyses = _analyses(report, evaluated, y_raw, temperatures, operating, groups, notes)
         if gallery and keras_model:
             analyses["gallery"] = _gallery(predictor, evaluated, y_true, y_prob, gallery, notes)
         elif gallery:
@@ -341,18 +345,16 @@ def evaluate_model(
             run.unlock()
 
 
-def _analyses(report, evaluated, y_raw, temperatures, thresholds, subgroup_columns_wanted, notes) -> dict:
+def _analyses(report, evaluated, y_raw, temperatures, thresholds, groups, notes) -> dict:
     """Calibration, subgroups and operating points of the evaluated split (the same patients,
     bootstrap settings and probabilities as ``report``)."""
     from can_tf.evaluation.calibration import calibration_summary
     from can_tf.evaluation.operating_points import operating_points
-    from can_tf.evaluation.subgroups import DEFAULT_ATTRIBUTES, subgroup_columns, subgroup_metrics
+    from can_tf.evaluation.subgroups import subgroup_metrics
 
     patients = evaluated["patient_id"].astype(str).to_numpy()
     analyses = {"calibration": calibration_summary(report.y_true, y_raw, report.y_prob, report.class_names,
                                                    temperatures=temperatures)}
-    attributes = list(DEFAULT_ATTRIBUTES) + [c for c in subgroup_columns_wanted if c not in DEFAULT_ATTRIBUTES]
-    groups = subgroup_columns(evaluated, attributes)
     analyses["subgroups"] = subgroup_metrics(report.y_true, report.y_prob, patients, report.class_names, groups,
                                              n_boot=report.n_boot, seed=report.seed, confidence=report.confidence)
     analyses["operating_points"] = None
