@@ -254,14 +254,14 @@ def evaluate_model(
             return val_raw
 
         # ---- calibration: fitted on val, saved with the model, applied to what is reported ----
-        temperatures, fitted = None, False
+        temperatures, fitted, remove_calibration = None, False, False
         if keras_model and own_data and external is None and calibration != "off" and has_val:
             y_val, p_val = val_predictions()
             temperatures = fit_temperature(y_val, p_val, class_names, scope=calibration,
                                            fitted_on=f"the val split, {len(val)} images", bounds=TEMPERATURE_BOUNDS)
             fitted = True
-            at_bound = [name for name, t in zip(class_names, temperatures.values)
-                        if not TEMPERATURE_BOUNDS[0] * 1.01 < t < TEMPERATURE_BOUNDS[1] / 1.01]
+            at_bound = [name for name, t in zip(class_names, temperatures.values) if name not in temperatures.fallback
+                        and not TEMPERATURE_BOUNDS[0] * 1.01 < t < TEMPERATURE_BOUNDS[1] / 1.01]
             if temperatures.fallback:
                 notes.append(f"{len(temperatures.fallback)} class(es) lack a positive or a negative validation label "
                              f"and share the pooled temperature: {', '.join(temperatures.fallback)}")
@@ -271,7 +271,7 @@ def evaluate_model(
                              f"images; --calibration global shares one temperature")
         elif keras_model and own_data and calibration == "off":
             if calibration_path.is_file():
-                calibration_path.unlink()
+                remove_calibration = True  # once the report is written: a failed evaluation keeps it
                 notes.append(f"calibration off: {calibration_path} removed; predict gives the model's own "
                              f"probabilities")
         elif keras_model and calibration_path.is_file():
@@ -325,6 +325,8 @@ def evaluate_model(
         # The model's files last, once its report is in place: predict picks them up.
         if fitted:
             temperatures.to_json(calibration_path)
+        elif remove_calibration:
+            calibration_path.unlink(missing_ok=True)
         if chosen is not None:
             # Where `predict` looks: the run, the .keras file's folder; an export is never modified
             # in place, so its thresholds go to the report folder.
