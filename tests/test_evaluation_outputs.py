@@ -192,3 +192,23 @@ def test_the_evaluation_report_renders_in_chromium(evaluated, tmp_path):
         pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
     assert (np.abs(pixels.astype(int) - 255).sum(axis=1) > 30).mean() > 0.02  # not a blank page
     assert len(np.unique(pixels, axis=0)) > 100  # figures and heat maps, not only text
+
+
+def test_calibration_off_keeps_the_saved_temperatures_when_the_report_fails(tmp_path, phantom_dir, monkeypatch):
+    from can_tf.evaluation.calibration import Temperatures
+    from can_tf.evaluation.model_evaluation import evaluate_model
+    from can_tf.evaluation.report import EvaluationReport
+    from can_tf.labels import CLASS_NAMES
+    from can_tf.run import open_run
+
+    run_dir = make_run_dir(tmp_path / "run", phantom_dir)
+    saved = open_run(run_dir).calibration_path
+    Temperatures(tuple(CLASS_NAMES), (2.0,) * len(CLASS_NAMES), "global").to_json(saved)
+
+    def fail(*args, **kwargs):
+        raise OSError("report could not be written")
+
+    monkeypatch.setattr(EvaluationReport, "save", fail)
+    with pytest.raises(OSError, match="report could not be written"):
+        evaluate_model(run_dir, n_boot=5, calibration="off", gallery=0, figures=(), split="val")
+    assert Temperatures.from_json(saved).values == (2.0,) * len(CLASS_NAMES)
