@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from can_tf.evaluation.bootstrap import draw_patient_counts
+from can_tf.evaluation.bootstrap import draw_patient_counts, resampling_strata, stratum_generators
 from can_tf.evaluation.figures import (
     curve_band,
     curve_on_grid,
@@ -211,7 +211,9 @@ def test_band_equals_percentiles_of_slow_replicates(kind):
     scores = np.clip(0.3 * np.nan_to_num(labels) + 0.7 * rng.random(60), 0, 1)
     band = curve_band(labels, scores, patients, kind=kind, n_boot=40, seed=11, grid_points=11)
     known = ~np.isnan(labels)
-    counts = draw_patient_counts(np.random.default_rng(11), 40, 30)
+    # Drawn within the strata of this class's labels (patient codes 0..29 = owner).
+    strata = resampling_strata(labels[:, None], owner, 30)
+    counts = draw_patient_counts(stratum_generators(11, strata), 40, 30, strata)
     slow = np.stack([_slow_grid(labels[known], scores[known], c[owner][known], band.grid, kind)
                      for c in counts])
     used = ~np.isnan(slow[:, 0])

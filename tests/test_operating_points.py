@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
-from can_tf.evaluation.bootstrap import Interval, bootstrap_ci, patient_replicate_weights
+from can_tf.evaluation.bootstrap import (
+    Interval,
+    bootstrap_ci,
+    patient_replicate_weights,
+    resampling_strata,
+    stratum_generators,
+)
 from can_tf.evaluation.metrics import EvaluationError
 from can_tf.evaluation.operating_points import METRICS, OperatingPoints, operating_points
 from can_tf.evaluation.thresholds import Thresholds
@@ -102,14 +108,19 @@ def test_nan_labels_are_skipped_per_class():
 
 
 def test_intervals_equal_an_explicit_patient_resampling():
-    # Replicate b draws P patient codes with rng.integers(0, P) (the documented draw of the
-    # patient bootstrap); the reference rebuilds each resampled data set image by image.
+    # Replicate b draws, within each stratum of the labels, as many patients as the stratum has
+    # (the documented draw of the stratified patient bootstrap); the reference rebuilds each
+    # resampled data set image by image.
     y, p, ids, patients, num_patients = make_data()
     thresholds = [0.5, 0.55, 0.6]
     n_boot, seed = 300, 7
     result = operating_points(y, p, ids, ["A", "B", "C"], thresholds, n_boot=n_boot, seed=seed)
 
-    draws = np.random.default_rng(seed).integers(0, num_patients, size=(n_boot, num_patients))
+    strata = resampling_strata(y, patients, num_patients)
+    assert len(strata) > 1
+    generators = stratum_generators(seed, strata)
+    draws = np.concatenate([s[g.integers(0, s.size, size=(n_boot, s.size))]
+                            for s, g in zip(strata, generators)], axis=1)
     rows_of = [np.flatnonzero(patients == k) for k in range(num_patients)]
     reference = np.full((n_boot, 3, 4), np.nan)
     for r in range(n_boot):
@@ -117,19 +128,21 @@ def test_intervals_equal_an_explicit_patient_resampling():
         for c in range(3):
             reference[r, c] = reference_metrics(y[rows, c], p[rows, c], thresholds[c])
 
-    some_skipped = False
     for c, name in enumerate(["A", "B", "C"]):
         for m, metric in enumerate(METRICS):
             values = reference[:, c, m]
             values = values[~np.isnan(values)]
             got = result.intervals[name][metric]
             assert got.n_used == values.size
-            some_skipped |= values.size < n_boot
             low, high = np.percentile(values, [2.5, 97.5])
             assert got.low == pytest.approx(low, abs=1e-12)
             assert got.high == pytest.approx(high, abs=1e-12)
             assert got.low <= got.point <= got.high
-    assert some_skipped  # the rare class C has replicates without a positive or a called image
+    # Stratified: every replicate holds a positive and a negative of each class, so sensitivity and
+    # specificity are defined in all of them (PPV / NPV also need an image called each way).
+    for name in ["A", "B", "C"]:
+        assert result.intervals[name]["sensitivity"].n_used == n_boot
+        assert result.intervals[name]["specificity"].n_used == n_boot
     assert result.by_patient and result.n_boot == n_boot and result.seed == seed
 
 
@@ -137,7 +150,7 @@ def test_replicate_weights_are_the_replicates_of_bootstrap_ci():
     y, p, ids, _, _ = make_data(num_classes=1, seed=3)
     known = ~np.isnan(y[:, 0])
     values = []
-    for _, _, weights in patient_replicate_weights(ids, 200, seed=5):
+    for _, _, weights in patient_replicate_weights(ids, 200, seed=5, y_true=y):
         for w in weights:
             if len(np.unique(y[known, 0][w[known] > 0])) == 2:
                 values.append(roc_auc_score(y[known, 0], p[known, 0], sample_weight=w[known]))

@@ -53,7 +53,13 @@ from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from can_tf.evaluation.bootstrap import check_settings, draw_patient_counts, patient_codes
+from can_tf.evaluation.bootstrap import (
+    check_settings,
+    draw_patient_counts,
+    patient_codes,
+    resampling_strata,
+    stratum_generators,
+)
 from can_tf.evaluation.metrics import (
     EvaluationError,
     check_predictions,
@@ -174,6 +180,7 @@ def curve_band(
     n_boot: int = 200,
     seed: int = 0,
     confidence: float = 0.95,
+    strata_labels=None,
 ) -> CurveBand:
     """One class's ROC or PR curve with its patient-bootstrap band (see the module docstring).
 
@@ -185,6 +192,9 @@ def curve_band(
         grid_points: size of the FPR / recall grid over [0, 1].
         n_boot, seed, confidence: bootstrap settings, as in
             :func:`~can_tf.evaluation.bootstrap.bootstrap_metrics`.
+        strata_labels: the ``(N, C)`` labels of all classes: patients are then resampled within
+            their :func:`~can_tf.evaluation.bootstrap.resampling_strata`, as the report's intervals
+            are; ``None`` stratifies on this class's labels alone.
 
     Raises :class:`EvaluationError` when the class is undefined (no positive or no negative).
     """
@@ -199,6 +209,11 @@ def curve_band(
     if reason is not None:
         raise EvaluationError(f"curve undefined: {reason}")
     codes, num_patients = patient_codes(patient_ids, labels.size)
+    strata_labels = labels[:, None] if strata_labels is None else np.asarray(strata_labels, np.float64)
+    if strata_labels.shape[0] != labels.size:
+        raise EvaluationError(f"strata_labels has {strata_labels.shape[0]} rows but there are "
+                              f"{labels.size} images")
+    strata = resampling_strata(strata_labels, codes, num_patients)
     known = ~np.isnan(labels)
     labels, scores, codes = labels[known], scores[known], codes[known]
     grid = np.linspace(0.0, 1.0, int(grid_points))
@@ -211,12 +226,12 @@ def curve_band(
 
     # Draws are made for all patients, known label or not, so every class of one figure sees the
     # same replicates (as the report's intervals do).
-    rng = np.random.default_rng(seed)
+    rng = stratum_generators(seed, strata)
     values = np.empty((n_boot, grid.size))
     block = max(1, min(n_boot, _BLOCK_ELEMENTS // max(num_patients, labels.size)))
     for start in range(0, n_boot, block):
         stop = min(n_boot, start + block)
-        counts = draw_patient_counts(rng, stop - start, num_patients)
+        counts = draw_patient_counts(rng, stop - start, num_patients, strata)
         values[start:stop] = _grid_values(positive, ends, counts[:, codes], grid, kind)
     usable = ~np.isnan(values[:, 0])
     lo_q, hi_q = 100.0 * (1.0 - confidence) / 2.0, 100.0 * (1.0 + confidence) / 2.0
@@ -353,7 +368,7 @@ def _curve_grid(kind, y_true, y_prob, patient_ids, class_names, *, thresholds, n
                 _undefined_panel(ax, name, f"undefined: {reason}")
                 continue
             band = curve_band(labels, y_prob[:, c], patient_ids, kind=kind, n_boot=n_boot,
-                              seed=seed, confidence=confidence)
+                              seed=seed, confidence=confidence, strata_labels=y_true)
             ax.set_title(_panel_title(name, f"{metric} {points[name]:.3f}"), parse_math=False)
             ax.fill_between(band.grid, band.low, band.high, color=_BAND_COLOR, alpha=0.6,
                             linewidth=0, zorder=1)

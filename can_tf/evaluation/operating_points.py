@@ -146,7 +146,7 @@ def operating_points(
     replicates = np.empty((n_boot, num_classes, len(METRICS)))
     flat = indicators.reshape(indicators.shape[0], -1)
     for start, stop, weights in patient_replicate_weights(
-        patient_ids, n_boot, seed, num_images=y_true.shape[0]
+        patient_ids, n_boot, seed, num_images=y_true.shape[0], y_true=y_true
     ):
         counts = (weights @ flat).reshape(stop - start, num_classes, len(COUNTS))
         replicates[start:stop] = _rates(counts)
