@@ -186,6 +186,11 @@ class TrainConfig:
     mixed_precision: str = "off"  # off | auto | float16 | bfloat16
     xla: bool = False
     early_stopping_patience: int = 10  # epochs without a better val mean AUROC; 0 disables
+    # Transfer learning: the backbones stay frozen (weights and batch-norm statistics) for the first
+    # freeze_epochs epochs while the heads and cross-attention train; then every layer trains, at
+    # the learning rate times unfreeze_lr_factor. See can_tf.training.callbacks.BackboneFreeze.
+    freeze_epochs: int = 0
+    unfreeze_lr_factor: float = 0.1
     strategy: str = "auto"  # auto | default | mirrored | multi_worker
     run_dir: Optional[str] = None  # None: runs/<timestamp>
     seed: int = 0
@@ -213,6 +218,11 @@ class TrainConfig:
             raise ConfigError(f"train.steps_per_execution must be positive, got {self.steps_per_execution}")
         if self.warmup_epochs < 0:
             raise ConfigError(f"train.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.freeze_epochs < 0 or (self.freeze_epochs > 0 and self.freeze_epochs >= self.epochs):
+            raise ConfigError(f"train.freeze_epochs must be >= 0 and less than train.epochs ({self.epochs}), "
+                              f"got {self.freeze_epochs}")
+        if not 0.0 < self.unfreeze_lr_factor <= 1.0:
+            raise ConfigError(f"train.unfreeze_lr_factor must be in (0, 1], got {self.unfreeze_lr_factor}")
 
 
 @dataclass

@@ -9,6 +9,9 @@
   them to ``last_good.keras``.
 - `EpochLogger`: adds ``epoch_seconds`` and ``learning_rate`` to the logs and, when no progress bar
   is shown, prints one line per epoch.
+- `BackboneFreeze`: keeps the backbones frozen for the first ``train.freeze_epochs`` epochs (only
+  the heads and cross-attention train), then unfreezes them and restarts the optimizer at the
+  scaled rate; adds ``backbones_frozen`` (1 or 0) to the logs.
 
 Callbacks that add to ``logs`` must come before those that read them (CSVLogger, EarlyStopping):
 `can_tf.training.trainer` orders them.
@@ -25,7 +28,7 @@ import numpy as np
 import keras
 
 from can_tf.files import save_model_atomically
-from can_tf.training.optimizers import current_learning_rate
+from can_tf.training.optimizers import current_learning_rate, restart_optimizer
 
 
 # ---- predictions and AUROC ----------------------------------------------------------------------
@@ -308,3 +311,112 @@ class EpochLogger(keras.callbacks.Callback):
             parts = [f"{k} {logs[k]:.4g}" for k in self.SHOWN if k in logs]
             print(f"Epoch {epoch + 1}/{self.epochs} - {logs['epoch_seconds']:.1f}s - " + " - ".join(parts),
                   flush=True)
+
+
+# The nested backbone models of `can_tf.models.CANModel` and `can_tf.models.BaselineModel`.
+BACKBONE_NAMES = ("branch_1_backbone", "branch_2_backbone", "backbone")
+
+
+def backbone_layers(model) -> list:
+    """The nested backbone models of a CAN (two) or baseline (one) model, by layer name.
+
+    Raises:
+        ValueError: naming the model, when it has none of :data:`BACKBONE_NAMES`.
+    """
+    found = [layer for layer in model.layers if layer.name in BACKBONE_NAMES]
+    if not found:
+        raise ValueError(f"model {model.name!r} has no backbone layer (one of {', '.join(BACKBONE_NAMES)})")
+    return found
+
+
+def _with_sublayers(layer) -> list:
+    """``layer`` and every layer nested in it, parents before children."""
+    out = [layer]
+    for child in getattr(layer, "layers", ()):
+        out += _with_sublayers(child)
+    return out
+
+
+class BackboneFreeze(keras.callbacks.Callback):
+    """Trains only the heads and cross-attention for ``freeze_epochs`` epochs, then every layer.
+
+    Frozen backbones are not trainable: they get no update, and their batch-normalisation layers
+    run in inference mode (Keras 3 normalises with the moving statistics and leaves them alone when
+    a BatchNormalization layer is not trainable), so their weights and statistics stay
+    bit-identical. At the start of epoch ``freeze_epochs`` (0-based) the layers get their trainable
+    flags back, the optimizer restarts with a fresh state (`can_tf.training.optimizers`) at the rate
+    the schedule has reached times ``lr_factor`` (``unfrozen_rate``: the restarted schedule; None
+    for a variable rate, multiplied in place), and the train step is traced again with the new set
+    of trainable weights (``make_train_function(force=True)``, what Keras asks for).
+
+    The phase follows from the epoch alone, so a resumed ``fit(initial_epoch=...)`` lands in the
+    right one: the checkpoint of epoch ``freeze_epochs - 1`` still holds the frozen phase's
+    optimizer state (the restart happens at the next epoch's start, in every run), later ones the
+    restarted optimizer's. The optimizer must have been built over every weight, backbones included,
+    before freezing (`can_tf.training.trainer.compile_model` does): its variables are then the same
+    in both phases, and so are the checkpoints' contents.
+
+    ``log`` receives one line when the backbones are frozen and one when they are unfrozen.
+
+    Example:
+        >>> freeze = BackboneFreeze(freeze_epochs=2, lr_factor=0.1)            # doctest: +SKIP
+        >>> model.fit(train_ds, epochs=5, callbacks=[freeze])                   # doctest: +SKIP
+    """
+
+    def __init__(self, freeze_epochs: int, lr_factor: float = 0.1, unfrozen_rate=None, log=None,
+                 key: str = "backbones_frozen"):
+        super().__init__()
+        if freeze_epochs < 1:
+            raise ValueError(f"freeze_epochs must be at least 1, got {freeze_epochs!r}")
+        self.freeze_epochs = int(freeze_epochs)
+        self.lr_factor = float(lr_factor)
+        self.unfrozen_rate = unfrozen_rate
+        self.log = log
+        self.key = key
+        self.frozen = False
+        self._trainable = None  # [(layer, trainable)] as built, to give back when unfreezing
+        self._started = False
+
+    def on_train_begin(self, logs=None):
+        self._started = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        first, self._started = not self._started, True
+        if first and epoch < self.freeze_epochs:
+            self._freeze()
+        elif first and epoch > self.freeze_epochs and self.unfrozen_rate is not None:
+            # Resumed after the restart: the checkpoint holds the restarted optimizer's state.
+            self.model.optimizer.learning_rate = self.unfrozen_rate
+            self.model.make_train_function(force=True)
+        if epoch == self.freeze_epochs:
+            self._unfreeze()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs[self.key] = 1.0 if self.frozen else 0.0
+
+    def _freeze(self) -> None:
+        backbones = backbone_layers(self.model)
+        self._trainable = [(layer, layer.trainable) for backbone in backbones for layer in _with_sublayers(backbone)]
+        for backbone in backbones:
+            backbone.trainable = False
+        self.frozen = True
+        self.model.make_train_function(force=True)
+        self._say(f"Backbones frozen ({', '.join(b.name for b in backbones)}) for epochs 1-{self.freeze_epochs}: "
+                  f"training the heads and cross-attention only")
+
+    def _unfreeze(self) -> None:
+        for layer, trainable in self._trainable or ():
+            layer.trainable = trainable
+        self.frozen = False
+        optimizer = self.model.optimizer
+        rate = current_learning_rate(optimizer) * self.lr_factor
+        restart_optimizer(optimizer)
+        optimizer.learning_rate = self.unfrozen_rate if self.unfrozen_rate is not None else rate
+        self.model.make_train_function(force=True)
+        self._say(f"Backbones unfrozen from epoch {self.freeze_epochs + 1}: training every layer, optimizer "
+                  f"restarted at learning rate x{self.lr_factor:g} ({rate:.4g})")
+
+    def _say(self, line: str) -> None:
+        if self.log is not None:
+            self.log(line)

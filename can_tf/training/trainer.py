@@ -10,6 +10,12 @@ config), :class:`can_tf.run.Run` puts back the weights, optimizer state, epoch a
 last committed epoch, and training continues from there. ``extend=True`` trains a finished run for
 more epochs (``can-tf fit --extend``).
 
+Transfer learning: ``train.freeze_epochs=N`` trains only the heads and cross-attention for the
+first N epochs (backbone weights and batch-norm statistics untouched), then every layer, with the
+optimizer restarted at ``train.unfreeze_lr_factor`` times the rate the schedule has reached
+(`can_tf.training.callbacks.BackboneFreeze`); ``history.csv`` says which epochs were frozen
+(``backbones_frozen``). The phase follows from the epoch, so a resumed run continues in its phase.
+
 Multi-worker: every worker runs this same function with its own ``TF_CONFIG``; the chief writes the
 run directory, the other workers write to temporary folders (TF's recommendation) that they remove
 at the end, and keep their resume checkpoint in ``<run_dir>/.workers/worker-<i>/``.
@@ -68,13 +74,17 @@ def labels_for_outputs(dataset, names):
     return dataset.map(lambda x, y: (x, {name: y for name in names}))
 
 
-def compile_model(model, config, class_prevalence, steps_per_epoch: int):
+def compile_model(model, config, class_prevalence, steps_per_epoch: int, log=None):
     """Compiles ``model`` for training from the config; returns the callbacks the schedule needs.
 
     Call inside the strategy's scope (the optimizer's variables are created with the model's).
+    With ``train.freeze_epochs`` > 0 the callbacks include the
+    `can_tf.training.callbacks.BackboneFreeze` that freezes the backbones when training starts
+    (``log`` gets its two lines).
     """
     from can_tf.losses import build_loss
-    from can_tf.training.optimizers import build_optimizer
+    from can_tf.training.callbacks import BackboneFreeze
+    from can_tf.training.optimizers import build_optimizer, unfrozen_learning_rate
 
     losses, weights = build_loss(config.loss, config.model.kind, class_prevalence,
                                  num_classes=config.num_classes)
@@ -85,6 +95,12 @@ def compile_model(model, config, class_prevalence, steps_per_epoch: int):
     # Create the optimizer's slots now, eagerly: left to `fit`, they are created while the first
     # train step is traced, as lifted-initializer variables (~15% of the paper preset's tracing).
     optimizer.build(model.trainable_variables)
+    if config.train.freeze_epochs:
+        # The optimizer above was built over every weight, backbones included, before any is frozen:
+        # both phases share its variables, so every checkpoint holds the same ones.
+        schedule_callbacks.append(BackboneFreeze(
+            config.train.freeze_epochs, config.train.unfreeze_lr_factor, log=log,
+            unfrozen_rate=unfrozen_learning_rate(config.train, steps_per_epoch)))
     return schedule_callbacks
 
 
@@ -210,7 +226,8 @@ def _train_in(run: Run, config, info, policy, extra_callbacks, *, checkpoint_dir
 
     with info.strategy.scope():
         model = model_factory()
-        schedule_callbacks = compile_model(model, config, prevalence, steps_per_epoch)
+        schedule_callbacks = compile_model(model, config, prevalence, steps_per_epoch,
+                                           log=_say if info.is_chief else None)
     names = output_names(model)
     prepare_model_for_strategy(model, info)
     resumed = run.restore(model, checkpoint_dir, publish=info.is_chief)
@@ -384,6 +401,10 @@ def build_callbacks(config, info, run: Run, checkpoint_dir, val_ds, class_names,
         print("TensorBoard logs off: the 'tensorboard' package is not installed (pip install tensorboard)",
               flush=True)
     return callbacks, nan_guard, checkpoint, early
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
 def _finite(value) -> bool:
