@@ -14,7 +14,8 @@ away from the point estimate (on real ChestX-ray14 predictions a mean AUPRC of 0
 [0.130, 0.195], 944 of 1000 replicates kept). Instead, a class with fewer than
 :data:`RARE_PATIENTS` (20) patients on its positive or negative side keeps them in a *stratum* of
 its own, and patients are resampled within strata, each stratum keeping its size
-(:func:`resampling_strata`). Every replicate then scores every class the data scores, no
+(:func:`resampling_strata`; at most one stratum per five patients, so that fixing patients in
+place never makes an interval narrow on a tiny data set). Every replicate then scores every class the data scores, no
 replicate is dropped (``n_used`` equals ``n_boot``; a class with 20 or more patients on each side
 misses them all with probability under 2e-9), and the mean always averages the same
 ``num_classes_averaged`` classes as the point estimate. It is the multi-label form of the
@@ -73,6 +74,8 @@ METRICS = ("auroc", "auprc")
 # A class with fewer patients than this on its positive (or negative) side gets a stratum that
 # keeps it defined in every replicate; see resampling_strata.
 RARE_PATIENTS = 20
+# At most this fraction of the patients (beyond the first) may start a stratum of its own.
+MAX_STRATA_FRACTION = 0.2
 
 # Replicates per block x max(patients, images) is kept below this: ~4M float64 = 32 MB per array.
 _BLOCK_ELEMENTS = 4_000_000
@@ -339,12 +342,14 @@ def resampling_strata(y_true, codes: np.ndarray, num_patients: int) -> list:
     about ``exp(-k)``); the strata are built as coarse as the guarantee allows, because a stratum
     of fixed size no longer varies in number (the interval is conditional on it):
 
-    1. each patient goes to the stratum of the *rarest* such class it has a positive image of; all
-       other patients form one more stratum (the only one when no class is rare: the plain
-       bootstrap, with the same draws);
-    2. for each such class, rarest first, if no stratum holds only patients with a positive image
-       of it (or only patients with a negative image), the stratum with the most such patients is
-       split into those and the rest. Splitting keeps every earlier guarantee.
+    starting from one stratum of all patients (the only one when no class is rare: the plain
+    bootstrap, with the same draws), for each such class, rarest first, if no stratum holds only
+    patients with a positive image of it (or only patients with a negative image), the stratum with
+    the most such patients is split into those and the rest. Splitting keeps every earlier
+    guarantee. A stratum of ``n`` patients varies like ``n - 1`` free draws, so each stratum costs
+    one patient's worth of variance: a class whose splits would take the number of strata past
+    ``1 + MAX_STRATA_FRACTION * (P - 1)`` is left unstratified (a tiny data set with many rare
+    classes), and its undefined replicates are dropped and counted as in the plain bootstrap.
 
     Returns:
         A list of ``int64`` arrays of patient codes (sorted, disjoint, covering ``0..P-1``), in a
@@ -363,18 +368,21 @@ def resampling_strata(y_true, codes: np.ndarray, num_patients: int) -> list:
     at_risk = defined & ((positive.sum(axis=0) < RARE_PATIENTS) | (negative.sum(axis=0) < RARE_PATIENTS))
     # Rarest first; ties by column, so the strata do not depend on anything but the labels.
     order = sorted(np.flatnonzero(at_risk), key=lambda c: (int(positive[:, c].sum()), int(c)))
-    rarest = np.full(num_patients, -1)
+    max_strata = 1 + int(MAX_STRATA_FRACTION * max(num_patients - 1, 0))
+    strata = [np.arange(num_patients)]
     for c in order:
-        rarest[(rarest == -1) & positive[:, c]] = c
-    strata = [np.flatnonzero(rarest == c) for c in [*order, -1]]
-    strata = [s for s in strata if s.size]
-    for c in order:
+        candidate = list(strata)
         for members in (positive[:, c], negative[:, c]):
-            if any(members[s].all() for s in strata):
+            if any(members[s].all() for s in candidate):
                 continue
-            i = int(np.argmax([members[s].sum() for s in strata]))
-            inside, outside = strata[i][members[strata[i]]], strata[i][~members[strata[i]]]
-            strata[i:i + 1] = [inside, outside] if outside.size else [inside]
+            i = int(np.argmax([members[s].sum() for s in candidate]))
+            inside, outside = candidate[i][members[candidate[i]]], candidate[i][~members[candidate[i]]]
+            candidate[i:i + 1] = [inside, outside] if outside.size else [inside]
+        # Every stratum costs one patient's worth of variance (a stratum of n varies like n - 1
+        # free draws): beyond the budget the class stays unstratified, its undefined replicates
+        # dropped and counted, rather than intervals made narrow by fixing most patients in place.
+        if len(candidate) <= max_strata:
+            strata = candidate
     return [s.astype(np.int64) for s in strata]
 
 

@@ -643,6 +643,73 @@ def forest_plot(subgroups: Mapping, class_name: str = "Mean"):
     return fig
 
 
+def difference_plot(pair: Mapping, confidence: float = 0.95, alpha: float = 0.05):
+    """Per-class AUROC differences of a comparison with their paired-bootstrap intervals.
+
+    ``pair`` is one entry of :meth:`Comparison.to_dict()
+    <can_tf.evaluation.comparison.Comparison.to_dict>`'s ``"pairs"``. Zero (no difference) is the
+    dashed line; a class whose Holm-corrected DeLong p is below ``alpha`` is drawn filled, the
+    others hollow; the mean is the bottom row, in bold; undefined classes are listed as such.
+    """
+    rows = list(_require(pair, "classes", "comparison pair")) + [pair.get("mean") or {}]
+    pct = f"{confidence * 100:g}%"
+    values = [0.0]
+    for row in rows:
+        d = row.get("difference") or {}
+        values += [v for v in (d.get("low"), d.get("high"), d.get("point")) if v is not None]
+    span = max(0.02, max(abs(v) for v in values))
+    xlim = (-1.15 * span, 1.15 * span)
+    with _style():
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(8.0, 1.1 + 0.26 * len(rows)), layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        labels = []
+        for i, row in enumerate(rows):
+            y = len(rows) - 1 - i
+            is_mean = i == len(rows) - 1
+            labels.append(f"Mean ({pair.get('num_classes_averaged')} classes)" if is_mean
+                          else str(row.get("name")))
+            d = row.get("difference") or {}
+            point, low, high = d.get("point"), d.get("low"), d.get("high")
+            if point is None:
+                ax.annotate("undefined", xy=(0, y), va="center", ha="center", fontsize=7,
+                            color=_GREY, fontstyle="italic", parse_math=False)
+                continue
+            significant = row.get("p_adjusted") is not None and row["p_adjusted"] < alpha
+            color = "#111111" if is_mean else _CURVE_COLOR
+            if low is not None:
+                ax.plot([low, high], [y, y], color=color, linewidth=1.6 if is_mean else 1.1, zorder=2)
+            filled = significant or (is_mean and low is not None and (low > 0 or high < 0))
+            ax.plot(point, y, marker="D" if is_mean else "o", markersize=5 if is_mean else 4.2,
+                    color=color, markerfacecolor=color if filled else "white", linestyle="none",
+                    zorder=3)
+            text = f"{point:+.3f}" + (f" [{low:+.3f}, {high:+.3f}]" if low is not None else "")
+            if row.get("p_adjusted") is not None:
+                text += f"  Holm p {row['p_adjusted']:.3g}"
+            ax.annotate(text, xy=(1.01, y), xycoords=("axes fraction", "data"), va="center",
+                        ha="left", fontsize=7, annotation_clip=False, parse_math=False,
+                        fontweight="bold" if is_mean else "normal")
+        ax.set_yticks(range(len(rows) - 1, -1, -1), labels)
+        ax.get_yticklabels()[-1].set_fontweight("bold")
+        for tick in ax.get_yticklabels():
+            tick.set_parse_math(False)
+        ax.tick_params(axis="y", length=0)
+        ax.set_ylim(-0.7, len(rows) - 0.3)
+        ax.set_xlim(*xlim)
+        ax.axvline(0.0, color=_GREY, linestyle="--", linewidth=0.8, zorder=0)
+        ax.grid(True, axis="x", linewidth=0.4, alpha=0.5)
+        ax.set_xlabel(f"AUROC difference, {pair.get('a')} minus {pair.get('b')}, with {pct} paired "
+                      f"patient-bootstrap interval")
+        ax.set_title(f"{pair.get('a')} vs {pair.get('b')} (filled: Holm-corrected DeLong p < {alpha:g})",
+                     parse_math=False)
+        for side in ("top", "right", "left"):
+            ax.spines[side].set_visible(False)
+    return fig
+
+
 def _count(value) -> str:
     return f"{int(value):,}" if value is not None else "?"
 

@@ -531,3 +531,85 @@ def _table(header, rows, text: Sequence[int] = ()) -> str:
     head = "".join(f'<th class="text">{_e(h)}</th>' if i in text else f"<th>{_e(h)}</th>"
                    for i, h in enumerate(header))
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+
+
+def render_comparison_html(comparison: Mapping, figures: Mapping[str, str] = {}) -> str:  # noqa: B006
+    """A comparison (:meth:`Comparison.to_dict() <can_tf.evaluation.comparison.Comparison.to_dict>`)
+    as one self-contained HTML page: per pair its conclusion, a difference plot and the table.
+
+    ``figures`` maps ``"pair-<i>"`` to SVG text (or to the reason it is absent); a missing one is
+    drawn here with :func:`~can_tf.evaluation.figures.difference_plot`.
+    """
+    from can_tf.evaluation.figures import difference_plot, figure_svg
+
+    for key in ("pairs", "groups", "reference"):
+        if key not in comparison:
+            raise EvaluationError(f"comparison: missing key {key!r} (pass Comparison.to_dict())")
+    confidence = float(comparison.get("confidence", 0.95))
+    alpha = float(comparison.get("alpha", 0.05))
+    pct = f"{confidence * 100:g}%"
+    groups = ", ".join(f"{_e(n)} ({int(k)} run{'s' if int(k) != 1 else ''})"
+                       for n, k in comparison["groups"].items())
+    title = "Comparison: " + " vs ".join(comparison["groups"])
+    body = [f"<header><h1>{_e(title)}</h1>",
+            f'<p class="meta">{int(comparison.get("num_images", 0)):,} images of '
+            f'{int(comparison.get("num_patients", 0)):,} patients; groups: {groups}; reference: '
+            f'{_e(comparison["reference"])}; {int(comparison.get("n_boot", 0))} paired bootstrap '
+            f"replicates.</p></header>"]
+    for i, pair in enumerate(comparison["pairs"]):
+        key = f"pair-{i}"
+        svg = figures.get(key)
+        if svg is None:
+            svg = figure_svg(difference_plot(pair, confidence, alpha), id_prefix=f"{key}-")
+        figure = (f'<figure id="figure-{key}">{inline_svg(svg, f"{key}-")}<figcaption>Per-class '
+                  f"AUROC differences with {pct} paired patient-bootstrap intervals.</figcaption></figure>"
+                  if re.match(r"\s*(<\?xml|<!DOCTYPE|<svg)", svg) else _absent(svg))
+        rows = []
+        for d in (*pair["classes"], pair["mean"]):
+            is_mean = d is pair["mean"]
+            diff = d.get("difference") or {}
+            seeds = d.get("seeds") or {}
+            seed_text = ("—" if seeds.get("low") is None else
+                         f"{seeds['mean']:+.3f} [{seeds['low']:+.3f}, {seeds['high']:+.3f}]")
+            cells = [_e(f"Mean ({pair['num_classes_averaged']} classes)" if is_mean else d["name"]),
+                     _number(d.get("auroc_a")), _number(d.get("auroc_b")),
+                     _e(_signed_interval(diff)), _p_text(d.get("p_value")),
+                     _p_text(d.get("p_adjusted")), _p_text(d.get("q_value")), _e(seed_text)]
+            rows.append(_tr(cells, "mean" if is_mean else ""))
+        table = _table(["class", pair["a"], pair["b"], f"difference [{pct} CI]", "DeLong p",
+                        "Holm p", "BH q", "seed interval"], rows)
+        body.append(f'<section id="{key}"><h2>{_e(pair["a"])} vs {_e(pair["b"])}</h2>\n'
+                    f'<p class="conclusion"><strong>{_e(pair["conclusion"])}</strong></p>\n'
+                    f"{figure}\n{table}\n</section>")
+    notes = [comparison.get("method", "")] + list(comparison.get("notes") or [])
+    body.append('<section id="notes"><h2>Method and notes</h2><ul>'
+                + "".join(f"<li>{_e(n)}</li>" for n in notes if n) + "</ul></section>")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n<script>{_SCRIPT}</script>\n</head>\n"
+        "<body data-figures-ok=\"pending\" data-figure-count=\"0\" data-errors=\"\">\n<main>\n"
+        + "\n".join(body)
+        + "\n</main>\n</body>\n</html>\n"
+    )
+
+
+def write_comparison_html(path: PathLike, comparison: Mapping, **kwargs) -> Path:
+    """Writes :func:`render_comparison_html` to ``path`` atomically."""
+    path = Path(path)
+    atomic_write_text(path, render_comparison_html(comparison, **kwargs))
+    return path
+
+
+def _signed_interval(d: Mapping) -> str:
+    if d.get("point") is None:
+        return "undefined"
+    if d.get("low") is None:
+        return f"{d['point']:+.3f}"
+    return f"{d['point']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+
+def _p_text(value) -> str:
+    if value is None:
+        return "—"
+    return "&lt;0.001" if value < 0.001 else f"{value:.3f}"
