@@ -53,6 +53,8 @@ def evaluate(model, data, data_format, split, n_boot, out_dir, references, thres
       can-tf evaluate exports/tflite/can_dynamic.tflite --data /data/ChestX-ray14 --split all
       can-tf evaluate runs/paper --data /data/ChestX-ray14 --image-root /data/ChestX-ray14/images_001
       can-tf evaluate runs/paper --data /data/CheXpert-v1.0-small --split val     # external validation
+    A run group (a folder of `fit --seeds`): every finished member is evaluated with these options,
+    then <group>/eval/<split>/seeds.md and seeds.json summarise AUROC and AUPRC over the seeds.
     Writes report.html (self-contained: tables, ROC/PR curves, calibration, subgroups, heat maps),
     report.md/.csv/.json, figures/ (SVG, PDF), subgroups, calibration and operating points
     (.md/.json) and model_card.json/.md; thresholds and calibration go to <run>/thresholds.json
@@ -73,12 +75,16 @@ def evaluate(model, data, data_format, split, n_boot, out_dir, references, thres
         parse_threshold_method(thresholds)
     except EvaluationError as e:
         raise click.BadParameter(str(e), param_hint="--thresholds") from None
+    from can_tf.run_group import is_group
+
+    options = dict(data=data, split=split, n_boot=n_boot, references="all" if references else (),
+                   thresholds=thresholds, calibration=calibration,
+                   subgroups=[c.strip() for c in subgroups.split(",") if c.strip()], gallery=gallery,
+                   figures=_formats(figures), batch_size=batch_size, seed=seed, data_overrides=flags)
     try:
-        result = evaluate_model(model, data=data, split=split, n_boot=n_boot, out_dir=out_dir,
-                                references="all" if references else (), thresholds=thresholds,
-                                calibration=calibration, subgroups=[c.strip() for c in subgroups.split(",") if c.strip()],
-                                gallery=gallery, figures=_formats(figures), batch_size=batch_size, seed=seed,
-                                data_overrides=flags)
+        if is_group(model):
+            return _evaluate_group(model, out_dir, options)
+        result = evaluate_model(model, out_dir=out_dir, **options)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
     # Other can_tf errors (data, model file, run, evaluation) become one `Error:` line in can_tf_cli.main.
@@ -104,6 +110,24 @@ def evaluate(model, data, data_format, split, n_boot, out_dir, references, thres
         click.echo(f"Expected calibration error on the {result.split} split (mean of {mean['num_classes']} classes): "
                    f"{mean['ece_before']:.3f} as the model gives it{after}", err=True)
     click.echo(f"Open the report: {result.html_path}", err=True)
+
+
+def _evaluate_group(path, out_dir, options) -> None:
+    from can_tf.run_group import evaluate_group, summary_markdown
+
+    def starting(seed, index, total):
+        click.echo(f"seed {seed} ({index} of {total}): evaluating {path}/seed-{seed}", err=True)
+
+    result = evaluate_group(path, out_dir=out_dir, on_member=starting, **options)
+    for member in result.unfinished:
+        click.echo(f"warning: {member} is not finished (no metrics.json); left out of the seed summary", err=True)
+    for seed, evaluation in result.evaluations.items():
+        for note in evaluation.notes:
+            click.echo(f"note (seed {seed}): {note}", err=True)
+        click.echo(f"seed {seed}: report in {evaluation.html_path.parent}", err=True)
+    click.echo(summary_markdown(result.summary))
+    click.echo(f"Seed summary ({len(result.evaluations)} seeds, {result.split} split): {result.files['markdown']}, "
+               f"{result.files['json']}", err=True)
 
 
 def _formats(text: str) -> tuple:

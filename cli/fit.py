@@ -42,7 +42,10 @@ def _format_auroc_table(test_auroc: dict, mean: float, title: str, intervals: di
 @click.option("--extend", is_flag=True,
               help="Train a finished run further, up to --epochs (its metrics.json is kept as "
                    "metrics-<N>-epochs.json).")
-def fit(preset, config_file, data, run_dir, epochs, batch_size, overrides, extend):
+@click.option("--seeds", default=None, metavar="TEXT",
+              help="Train one config with several seeds into sibling run dirs <run-dir>/seed-N; "
+                   "e.g. 0,1,2 or 0-4 (a run group: the same command resumes it).")
+def fit(preset, config_file, data, run_dir, epochs, batch_size, overrides, extend, seeds):
     """Train a CAN or baseline model and report per-class test AUROC.
 
     \b
@@ -51,6 +54,7 @@ def fit(preset, config_file, data, run_dir, epochs, batch_size, overrides, exten
       can-tf fit --data /data/ChestX-ray14 --preset paper
       can-tf fit --config my.yaml --set train.epochs=5 --run-dir runs/try1
       can-tf fit --run-dir runs/try1 --epochs 20 --extend   # 20 epochs in all, from the last one
+      can-tf fit --run-dir runs/can5 --seeds 0-4            # 5 seeds, mean and 95% CI over them
     Interrupted? Run the same command again: it resumes after the last finished epoch.
     """
     from can_tf.config import ConfigError, RunConfig
@@ -64,6 +68,11 @@ def fit(preset, config_file, data, run_dir, epochs, batch_size, overrides, exten
             flags.insert(0, f"{name}={json.dumps(value)}")
     try:
         config = RunConfig.resolve(preset=preset, config_file=config_file, overrides=flags)
+        seed_list = None
+        if seeds is not None:
+            from can_tf.run_group import parse_seeds
+
+            seed_list = parse_seeds(seeds)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
 
@@ -73,13 +82,40 @@ def fit(preset, config_file, data, run_dir, epochs, batch_size, overrides, exten
 
     click.echo(f"device: {describe_devices()}")
     try:
-        result = train(config, extend=extend)
+        if seed_list is None:
+            _echo_result(train(config, extend=extend))
+        else:
+            _fit_group(config, seed_list, extend)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
     except DataError as e:
         raise click.ClickException(f"data error: {e}") from None
     # Other can_tf errors (a run directory in use, ...) become one `Error:` line in can_tf_cli.main.
 
+
+def _fit_group(config, seeds, extend) -> None:
+    from can_tf.run_group import fit_seeds, format_seed_table, group_metrics, group_root, member_dir
+
+    root = group_root(config)
+    config.train.run_dir = str(root)
+
+    def starting(seed, index, total):
+        click.echo(f"\nseed {seed} ({index} of {total}): {member_dir(root, seed)}")
+
+    results = fit_seeds(config, seeds, extend=extend, on_member=starting,
+                        on_result=lambda seed, result: _echo_result(result))
+    if results and not results[0].is_chief:
+        return
+    summary = group_metrics(root)
+    click.echo("")
+    click.echo(format_seed_table(summary["per_class"], summary["mean"],
+                                 f"Test AUROC over {len(summary['seeds'])} seeds "
+                                 f"({', '.join(map(str, summary['seeds']))}; Student t interval over seeds):"))
+    click.echo(f"Run group: {root}")
+
+
+def _echo_result(result) -> None:
+    """The closing table of one run: per-class test AUROC of the best model, its run directory."""
     if not result.is_chief:
         return
     click.echo("")

@@ -53,6 +53,7 @@ from can_tf.evaluation.delong import benjamini_hochberg, delong_covariance, holm
 from can_tf.evaluation.metrics import EvaluationError, check_predictions
 
 CORRECTIONS = ("holm", "bh", "none")
+SMALL_PATIENTS = 50  # below this many patients a comparison says its intervals are rough
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,10 +227,14 @@ def compare_groups(
             continue
         pairs.append(_pair(name, reference, owner, points, values, y_true, runs, patient_ids,
                            class_names, confidence, alpha, seeds))
+    notes = ()
+    if replicates.num_patients < SMALL_PATIENTS:
+        notes = (f"only {replicates.num_patients} patients: every interval and p-value here is rough "
+                 f"(bootstrap and DeLong are large-sample methods); read it as a smoke test",)
     return Comparison(class_names=class_names, groups={n: int((owner == n).sum()) for n in names},
                       reference=reference, pairs=tuple(pairs), num_images=int(y_true.shape[0]),
                       num_patients=replicates.num_patients, n_boot=int(n_boot), seed=int(seed),
-                      confidence=float(confidence), alpha=float(alpha), correction="holm")
+                      confidence=float(confidence), alpha=float(alpha), correction="holm", notes=notes)
 
 
 def _pair(a, b, owner, points, values, y_true, runs, patient_ids, class_names, confidence, alpha,

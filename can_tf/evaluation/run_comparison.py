@@ -119,7 +119,7 @@ def compare_runs(
     models = resolve_models(paths, names)
     evaluated, class_names, split, data_name = _images(models, data, split)
     all_runs = [run for m in models for run in m.runs]
-    probs, notes = {}, []
+    probs = {}
     for index, run_dir in enumerate(all_runs):
         if on_model is not None:
             on_model(str(run_dir), index, len(all_runs))
@@ -132,6 +132,7 @@ def compare_runs(
     seeds = {m.name: m.seeds for m in models if m.seeds is not None}
     comparison = compare_groups(labels, groups, evaluated["patient_id"].astype(str).to_numpy(),
                                 class_names, n_boot=n_boot, seed=seed, alpha=alpha, seeds=seeds)
+    notes = list(comparison.notes)
     notes.append(f"images: {data_name}, {split} split, {len(evaluated)} images of "
                  f"{evaluated['patient_id'].nunique()} patients; every model scored on all of them")
     notes.append("probabilities as each model gives them (temperature scaling does not change AUROC)")
