@@ -1,5 +1,5 @@
 """Evaluation: per-class AUROC/AUPRC, patient-level bootstrap CIs, thresholds, calibration,
-subgroups, operating points and reports.
+subgroups, operating points, paired comparisons (DeLong, paired bootstrap) and reports.
 
 Pure numpy / scikit-learn / matplotlib; nothing here imports TensorFlow, so a report can be built
 from any model's probabilities.
@@ -11,7 +11,16 @@ Example:
     {'Edema': 1.0}
 """
 
-from can_tf.evaluation.bootstrap import BootstrapResult, Interval, bootstrap_ci, bootstrap_metrics
+from can_tf.evaluation.bootstrap import (
+    BootstrapResult,
+    Interval,
+    bootstrap_ci,
+    bootstrap_metrics,
+    replicate_metrics,
+    resampling_strata,
+)
+from can_tf.evaluation.comparison import Comparison, compare_groups
+from can_tf.evaluation.delong import DeLongResult, benjamini_hochberg, delong_covariance, delong_test, holm
 from can_tf.evaluation.calibration import (
     CalibrationSummary,
     Temperatures,
@@ -52,6 +61,8 @@ __all__ = [
     "BootstrapResult",
     "CalibrationSummary",
     "ClassificationMetrics",
+    "Comparison",
+    "DeLongResult",
     "EvaluationError",
     "EvaluationReport",
     "Interval",
@@ -63,21 +74,28 @@ __all__ = [
     "SubgroupAnalysis",
     "Temperatures",
     "Thresholds",
+    "benjamini_hochberg",
     "bootstrap_ci",
     "bootstrap_metrics",
     "calibration_summary",
     "check_predictions",
     "check_probabilities",
     "choose_thresholds",
+    "compare_groups",
     "compute_metrics",
+    "delong_covariance",
+    "delong_test",
     "expected_calibration_error",
     "fit_temperature",
     "get_reference",
+    "holm",
     "mean_over_defined",
     "operating_points",
     "per_class_auprc",
     "per_class_auroc",
     "reliability_bins",
+    "replicate_metrics",
+    "resampling_strata",
     "sensitivity_threshold",
     "subgroup_columns",
     "subgroup_metrics",
