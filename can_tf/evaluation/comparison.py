@@ -370,12 +370,19 @@ def conclusion(pair: PairComparison, confidence: float = 0.95, alpha: float = 0.
                      f"more seeds are needed before calling {pair.a} {'better' if d.point > 0 else 'worse'}.")
         else:
             text += f" The interval includes 0, so no difference can be concluded; {seed_text}."
-    significant = [r.name for r in pair.classes if r.p_adjusted is not None and r.p_adjusted < alpha]
+    significant = [r for r in pair.classes if r.p_adjusted is not None and r.p_adjusted < alpha]
     tested = [r for r in pair.classes if r.p_adjusted is not None]
     if tested:
         if significant:
             text += (f" Per class, DeLong's test (Holm-corrected over {len(tested)} classes, alpha "
-                     f"{alpha:g}) finds a difference for {', '.join(significant)} only.")
+                     f"{alpha:g}) finds a difference on these images for "
+                     f"{', '.join(r.name for r in significant)} only")
+            with_seeds = [r for r in significant if r.seeds is not None and r.seeds.low is not None]
+            unsupported = [r.name for r in with_seeds if r.seeds.low <= 0 <= r.seeds.high]
+            if unsupported:
+                text += (f"; the seeds' interval includes 0 for {', '.join(unsupported)}, so the "
+                         f"training seed may explain {'it' if len(unsupported) == 1 else 'them'}")
+            text += "."
         else:
             smallest = min(r.p_adjusted for r in tested)
             text += (f" Per class, no difference survives Holm's correction over {len(tested)} classes "
