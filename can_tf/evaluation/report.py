@@ -182,6 +182,13 @@ class EvaluationReport:
                     f"{name}: CI from {used} of {self.n_boot} bootstrap replicates (the others "
                     f"drew no positive or no negative patients)."
                 )
+        strata = self.intervals["auroc"].num_strata
+        if strata > 1:
+            notes.append(
+                f"Patients were resampled within {strata} strata: each class with fewer than 20 "
+                f"patients on either side keeps them in a stratum of its own, so every replicate "
+                f"scores it (see can_tf/evaluation/bootstrap.py)."
+            )
         mean_used = self.intervals["auroc"].mean.n_used
         if n and mean_used < self.n_boot:
             notes.append(
