@@ -45,6 +45,9 @@ COMMANDS = {
     "predict": ("predict", "predict", "Predict findings for images, folders or a CSV."),
     "explain": ("explain", "explain", "Grad-CAM / Grad-CAM++ / Score-CAM heat maps and localisation scores."),
     "export": ("export", "export", "Export to SavedModel (TF Serving) or TFLite (LiteRT)."),
+    "compare": ("compare", "compare", "Compare models or seed groups on the same images: paired tests, what can be concluded."),
+    "ablate": ("ablate", "ablate", "Train and compare the paper's ablations (CAN vs baseline, losses, lambda) over seeds."),
+    "weights": ("weights", "weights", "Import PyTorch (torchxrayvision, CheXNet) weights into can-tf backbones."),
     "data": ("data", "data", "Check a data set, or write the built-in phantom data set."),
 }
 
