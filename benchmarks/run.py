@@ -15,6 +15,10 @@ Sections (each runs even if an earlier one failed; a failure is recorded in the 
   weights=None (:mod:`benchmarks.train_throughput`), with trace time, peak memory, FLOPs per image
   (:mod:`benchmarks.model_cost`), achieved GFLOP/s against the peak, the CAN/baseline cost ratio,
   the cross-attention's FLOP share, and the input pipeline's headroom over what training consumes.
+- ``fit_overhead``: each ``fit`` call's wall time against the sum of its train steps, at 1, 3, 5
+  and 12 steps per epoch, on the training section's baseline model (:mod:`benchmarks.fit_overhead`);
+  a call passes within 5% of its steps (or 0.1 s): what the few-step epochs above time is the
+  maths, not a stall of the call around it.
 - ``levers``: XLA (and, where they can help, mixed_bfloat16 on CPUs with native bfloat16 and
   mixed_float16 on a GPU) against the default train step, side by side on the CheXNet baseline (its
   default variant is the training section's run); ``--quick`` also tries ``steps_per_execution`` 4.
@@ -46,7 +50,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "chestxray14"
-SECTIONS = ("peak", "pipeline", "training", "levers", "inference", "scaling", "export")
+SECTIONS = ("peak", "pipeline", "training", "fit_overhead", "levers", "inference", "scaling", "export")
 
 # Train-step levers: key -> (row label, config overrides, where it can help). A lever is tried only
 # where it can help; elsewhere its row says why it was skipped (a bfloat16 step emulated on a CPU
@@ -75,6 +79,8 @@ class Plan:
     train_batch: int
     train_steps: int
     train_repeats: int
+    overhead_steps: tuple  # steps per epoch of the fit_overhead section's calls
+    overhead_calls: int  # fit calls per step count
     lever_preset: str  # the model the levers are tried on: a preset ...
     lever_backbones: Optional[tuple]  # ... with these backbones (None: the preset's own)
     lever_image_size: int
@@ -95,6 +101,7 @@ FULL = Plan(
     train_presets=(("paper", "CAN paper (DenseNet-121 x2)"), ("hetero", "CAN hetero (DenseNet-121 + ResNet-50)"),
                    ("chexnet", "CheXNet baseline (DenseNet-121)")),
     train_image_size=224, train_batch=8, train_steps=1, train_repeats=3,
+    overhead_steps=(1, 3, 5, 12), overhead_calls=2,
     lever_preset="chexnet", lever_backbones=None, lever_image_size=224, lever_steps=1,
     lever_variants=("xla", "bfloat16", "float16"),
     inference_batches=(1, 8, 32), inference_repeats=2,
@@ -109,6 +116,7 @@ QUICK = Plan(
     pipeline_images=24, pipeline_sizes=(64, 128), pipeline_repeats=1,
     train_presets=(("small", "CAN small (tiny x2)"), ("small-baseline", "baseline small (tiny)")),
     train_image_size=64, train_batch=8, train_steps=1, train_repeats=2,
+    overhead_steps=(1, 3, 5, 12), overhead_calls=1,
     lever_preset="small-baseline", lever_backbones=None, lever_image_size=64, lever_steps=1,
     lever_variants=("xla", "bfloat16", "float16", "steps_per_execution"),
     inference_batches=(1, 8), inference_repeats=2,
@@ -324,6 +332,40 @@ class Suite:
                         ("trace_s", "trace s"), ("peak_rss_mb", "peak RSS MB"),
                         ("pipeline_headroom_cached", "pipeline headroom (cached)"),
                         ("pipeline_headroom_cold", "pipeline headroom (cold)")], rows)
+
+    def section_fit_overhead(self):
+        from benchmarks.common import Section
+        from benchmarks.fit_overhead import FIXED_COST_S, MAX_OVERHEAD, measure_fit_overhead, overhead_rows, summary
+        from benchmarks.train_throughput import TrainingRun
+
+        plan = self.plan
+        run, own = self.baseline_run, False
+        if run is None:  # run without the training section: trace the baseline here
+            df, class_names = self.table(plan.train_batch)
+            preset, label = plan.train_presets[-1]
+            run, own = TrainingRun(self._config(preset, plan.train_image_size), df, class_names, steps=1,
+                                   label=label), True
+        try:
+            calls = measure_fit_overhead(run, plan.overhead_steps, plan.overhead_calls)
+        finally:
+            if own:
+                run.close()
+        rows = overhead_rows(calls)
+        for row in rows:
+            row["model"] = run.label
+        total = summary(calls)
+        note = (f"{run.label}, {plan.train_image_size} px, batch {plan.train_batch}: {plan.overhead_calls} "
+                f"one-epoch `fit` call(s) per step count, as the training rows time them. overhead = call wall "
+                f"time / sum of its step times - 1 (steps timed from on_train_batch_begin to "
+                f"on_train_batch_end; the wall time includes iterator set-up and teardown). Check: every call "
+                f"within {100 * MAX_OVERHEAD:.0f}% of its steps or {FIXED_COST_S:g} s; "
+                f"{total['calls'] - total['failed']} of {total['calls']} pass"
+                + ("." if total["ok"] else " - a fit call stalls outside its steps, so the few-step "
+                   "epochs above measure the stall, not the maths."))
+        return Section("fit_overhead", "Fit overhead: call wall time vs its steps", note,
+                       [("model", "model"), ("steps", "steps"), ("wall_s", "call s"), ("steps_s", "steps s"),
+                        ("overhead_s", "overhead s"), ("overhead", "overhead"), ("ok", "ok")],
+                       rows, extra={"summary": total})
 
     def section_levers(self):
         from benchmarks.common import Section, ratio

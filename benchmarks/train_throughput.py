@@ -9,7 +9,9 @@ what ``can-tf fit`` uses. The input is the real training pipeline
 ``fit`` runs ``1 + repeats`` epochs of a few steps each: the first epoch traces the train step
 (for DenseNet-121 that alone takes about 30 s on 2 cores) and fills the image cache; it is
 reported as ``trace_s`` (first epoch minus its steps at the steady speed). Each later epoch is one
-timing; the figure is their median. :class:`TrainingRun` keeps a warmed-up model so that several
+timing; the figure is their median. A timed epoch is its own ``fit`` call, so it counts whatever
+the call costs besides its steps: :mod:`benchmarks.fit_overhead` (the suite's ``fit_overhead``
+section) checks that this stays within 5% (an input-iterator teardown stall once doubled it). :class:`TrainingRun` keeps a warmed-up model so that several
 can be timed in turns (:func:`measure_interleaved`): a load change on a shared machine then hits
 them all alike and their ratios hold. Achieved GFLOP/s counts a training step as 3x the forward
 FLOPs (the backward pass costs about twice the forward), with the forward FLOPs from
