@@ -112,13 +112,27 @@ class DataConfig:
             raise ConfigError(f"data.phantom_patients must be at least 10, got {self.phantom_patients}")
 
 
+# model.weights names torchxrayvision's published weights with this prefix ("xrv:densenet121-res224-all").
+NAMED_WEIGHTS_PREFIX = "xrv:"
+
+
 @dataclass
 class ModelConfig:
-    """Which network to build. ``kind='can'`` takes two backbones, ``'baseline'`` one."""
+    """Which network to build. ``kind='can'`` takes two backbones, ``'baseline'`` one.
+
+    ``weights`` initialises the backbones: ``None`` (random), ``"imagenet"``, a local weights file
+    (a Keras backbone ``.weights.h5`` or ``*_notop.h5``, or one written by ``can-tf weights import``),
+    ``"xrv:<name>"`` (torchxrayvision's published weights, see
+    :data:`can_tf.models.torch_import.NAMED_WEIGHTS`; downloaded and imported on first use), or a
+    list of those with one entry per backbone, e.g. ``["xrv:densenet121-res224-all", "imagenet"]``.
+    A single value goes into every backbone.
+    """
 
     kind: str = "can"  # can | baseline
     backbones: list = field(default_factory=lambda: ["densenet121", "densenet121"])
-    weights: Optional[str] = "imagenet"  # imagenet | a local weights file | None
+    # A str, None, or a list of those (one per backbone): `object` lets _coerce accept every form, and
+    # validate() checks them with one message naming model.weights.
+    weights: Optional[object] = "imagenet"
     attention_dim: int = 256
     dropout: float = 0.0
     input_channels: int = 1
@@ -135,16 +149,72 @@ class ModelConfig:
             )
         for name in self.backbones:
             _one_of("model.backbones", name, tuple(sorted(BACKBONES)))
-        if self.weights not in (None, "imagenet") and not os.path.isfile(self.weights):
-            raise ConfigError(
-                f"model.weights must be 'imagenet', null, or an existing weights file; "
-                f"no file at {self.weights!r}"
-            )
+        self.branch_weights()  # raises for any bad entry
         if self.attention_dim < 1:
             raise ConfigError(f"model.attention_dim must be positive, got {self.attention_dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         _one_of("model.input_channels", self.input_channels, (1, 3))
+
+    def branch_weights(self) -> list:
+        """``model.weights`` as one entry per backbone (a single value repeated), each checked.
+
+        Checked without downloading anything: a file must exist, and a file written by
+        ``can-tf weights import`` must have been imported for its branch's backbone; an ``xrv:`` name
+        must be known and fit its branch's backbone; ``"imagenet"`` needs a backbone Keras publishes
+        ImageNet weights for. ``xrv:`` names are resolved to files by
+        :func:`can_tf.models.build_model`.
+
+        Raises:
+            ConfigError: naming ``model.weights`` (and the entry) at fault.
+        """
+        from can_tf.models.backbones import BACKBONES  # lazy: pulls in Keras
+
+        forms = "null, 'imagenet', a weights file, 'xrv:<name>', or a list of those (one per backbone)"
+        entries = self.weights
+        if isinstance(entries, (list, tuple)):
+            if len(entries) != len(self.backbones):
+                raise ConfigError(f"model.weights lists {len(entries)} entries for {len(self.backbones)} "
+                                  f"backbone(s) {list(self.backbones)!r}; give one per backbone, or one value "
+                                  f"for all")
+            entries, label = list(entries), "model.weights[{}]"
+        else:
+            entries, label = [entries] * len(self.backbones), "model.weights"
+        for index, (entry, backbone) in enumerate(zip(entries, self.backbones)):
+            field_name = label.format(index)
+            if entry is not None and not isinstance(entry, (str, os.PathLike)):
+                raise ConfigError(f"{field_name} must be {forms}; got {entry!r}")
+            if entry is None:
+                continue
+            entry = os.fspath(entry)
+            if entry == "imagenet":
+                if backbone in BACKBONES and not BACKBONES[backbone].imagenet:
+                    raise ConfigError(f"{field_name}: backbone {backbone!r} has no ImageNet weights; use null, "
+                                      f"a weights file or an xrv: name")
+            elif entry.startswith(NAMED_WEIGHTS_PREFIX):
+                _check_named_weights(field_name, entry, backbone)
+            elif not os.path.isfile(entry):
+                raise ConfigError(f"{field_name} must be {forms}; no file at {entry!r}")
+            else:
+                from can_tf.models.weights_info import read_weights_info
+
+                info = read_weights_info(entry)
+                if info is not None and info.backbone != backbone:
+                    raise ConfigError(f"{field_name}: {entry} was imported for backbone {info.backbone!r}, "
+                                      f"not {backbone!r}")
+        return entries
+
+
+def _check_named_weights(field_name: str, entry: str, backbone: str) -> None:
+    from can_tf.models.torch_import import NAMED_WEIGHTS  # lazy: pulls in Keras
+
+    name = entry[len(NAMED_WEIGHTS_PREFIX):]
+    if name not in NAMED_WEIGHTS:
+        known = ", ".join(NAMED_WEIGHTS_PREFIX + n for n in sorted(NAMED_WEIGHTS))
+        raise ConfigError(f"{field_name}: unknown torchxrayvision weights {entry!r}; known: {known}")
+    if NAMED_WEIGHTS[name].backbone != backbone:
+        raise ConfigError(f"{field_name}: {entry!r} fits backbone {NAMED_WEIGHTS[name].backbone!r}, "
+                          f"not {backbone!r}")
 
 
 @dataclass

@@ -18,10 +18,12 @@ Example:
 
 from __future__ import annotations
 
+import os
+
 import keras
 import numpy as np
 
-from can_tf.models.backbones import BACKBONES, build_backbone, load_backbone_weights
+from can_tf.models.backbones import BACKBONES, backbone_options, build_backbone, load_backbone_weights
 from can_tf.models.baseline import BaselineModel
 from can_tf.models.can_model import CANModel
 from can_tf.models.cross_attention import CrossAttention
@@ -32,11 +34,14 @@ __all__ = [
     "CANModel",
     "CrossAttention",
     "attention_model",
+    "backbone_options",
+    "branch_backbone_options",
     "build_backbone",
     "build_model",
     "feature_layer_names",
     "fused_logits",
     "inference_model",
+    "resolve_weights",
 ]
 
 
@@ -45,11 +50,17 @@ def build_model(model_config, num_classes: int, image_size: int) -> keras.Model:
 
     ``model_config.kind='can'`` gives a :class:`CANModel` over ``model_config.backbones`` (two
     names), ``'baseline'`` a :class:`BaselineModel` over the one name. ``model_config.weights``
-    (``'imagenet'``, a weights file, or None) is loaded into every backbone; a file that does not
-    fit a backbone raises a ValueError naming both.
+    (``'imagenet'``, a weights file, ``'xrv:<name>'``, None, or a list with one of those per
+    backbone) initialises each backbone. Weights imported from PyTorch need the input scaling and
+    batch-norm epsilon they were trained with (:func:`can_tf.models.backbones.backbone_options`):
+    each branch is built with its file's options, and the model keeps them in its config, so a
+    saved model rebuilds the same graph. A file that does not fit a backbone raises a ValueError
+    naming both.
 
     Raises:
         can_tf.config.ConfigError: a config field is invalid (the message names it).
+        can_tf.errors.ModelFileError: ``xrv:`` weights that cannot be downloaded (the message
+            names the URL and where to put the file) or imported.
 
     Example:
         >>> from can_tf.config import ModelConfig
@@ -59,18 +70,60 @@ def build_model(model_config, num_classes: int, image_size: int) -> keras.Model:
         ['fused']
     """
     model_config.validate()
+    names = list(model_config.backbones)
+    weights = [resolve_weights(entry, name) for entry, name in zip(model_config.branch_weights(), names)]
+    options = [backbone_options(w) for w in weights]
     if model_config.kind == "can":
-        model = CANModel(backbones=list(model_config.backbones), num_classes=num_classes,
-                         image_size=image_size, input_channels=model_config.input_channels,
-                         attention_dim=model_config.attention_dim, dropout=model_config.dropout)
+        model = CANModel(backbones=names, num_classes=num_classes, image_size=image_size,
+                         input_channels=model_config.input_channels, attention_dim=model_config.attention_dim,
+                         dropout=model_config.dropout, backbone_options=options)
     else:
-        model = BaselineModel(backbone=model_config.backbones[0], num_classes=num_classes,
-                              image_size=image_size, input_channels=model_config.input_channels,
-                              dropout=model_config.dropout)
-    if model_config.weights is not None:
-        for name, backbone in _backbones(model):
-            load_backbone_weights(backbone, name, model_config.weights)
+        model = BaselineModel(backbone=names[0], num_classes=num_classes, image_size=image_size,
+                              input_channels=model_config.input_channels, dropout=model_config.dropout,
+                              backbone_options=options[0])
+    for (name, backbone), source in zip(_backbones(model), weights):
+        if source is not None:
+            load_backbone_weights(backbone, name, source)
     return model
+
+
+def resolve_weights(entry, backbone: str):
+    """One branch's ``model.weights`` entry as :func:`load_backbone_weights` takes it.
+
+    ``None`` and ``"imagenet"`` stay as they are, a file path becomes a ``str``, and
+    ``"xrv:<name>"`` becomes the imported ``.weights.h5`` of torchxrayvision's named weights in
+    :func:`can_tf.models.torch_import.weights_cache_dir` (downloaded and imported on first use,
+    which needs PyTorch; later builds read the cached file).
+
+    Example:
+        >>> resolve_weights(None, "tiny"), resolve_weights("imagenet", "densenet121")
+        (None, 'imagenet')
+    """
+    from can_tf.config import NAMED_WEIGHTS_PREFIX
+
+    if entry is None:
+        return None
+    entry = os.fspath(entry)
+    if entry.startswith(NAMED_WEIGHTS_PREFIX):
+        from can_tf.models.torch_import import resolve_named_weights
+
+        return os.fspath(resolve_named_weights(entry[len(NAMED_WEIGHTS_PREFIX):], backbone))
+    return entry
+
+
+def branch_backbone_options(model: keras.Model) -> list:
+    """The :func:`build_backbone` options of each branch of a CAN or baseline model (``[{}]`` for
+    a baseline built with the registry's own), e.g. to record which input scaling a run used.
+
+    Example:
+        >>> branch_backbone_options(CANModel(backbones=("tiny", "tiny"), num_classes=2, image_size=32))
+        [{}, {}]
+    """
+    if isinstance(model, CANModel):
+        return [dict(o) for o in model.backbone_options]
+    if isinstance(model, BaselineModel):
+        return [dict(model.backbone_options)]
+    raise ValueError(f"expected a CANModel or BaselineModel, got {type(model).__name__}")
 
 
 def fused_logits(model: keras.Model):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import keras
 from keras import layers
 
 from can_tf.models.backbones import build_backbone, image_input
-from can_tf.models.can_model import logits_head
+from can_tf.models.can_model import checked_backbone_options, logits_head
 
 
 @keras.saving.register_keras_serializable(package="can_tf")
@@ -29,6 +31,9 @@ class BaselineModel(keras.Model):
         image_size: square input size ``S`` in pixels.
         input_channels: 1 (grayscale, replicated to RGB inside the graph) or 3.
         dropout: dropout rate before the Dense head (0 disables).
+        backbone_options: :func:`can_tf.models.backbones.build_backbone` options of the backbone
+            (``preprocessing``, ``batchnorm_epsilon``; what weights imported from PyTorch need), or
+            None for the registry's own. A model saved without them (older files) loads with none.
 
     Example:
         >>> import numpy as np
@@ -38,17 +43,19 @@ class BaselineModel(keras.Model):
     """
 
     def __init__(self, backbone: str = "densenet121", num_classes: int = 14, image_size: int = 224,
-                 input_channels: int = 1, dropout: float = 0.0, **kwargs):
+                 input_channels: int = 1, dropout: float = 0.0, backbone_options: Optional[dict] = None,
+                 **kwargs):
         if not isinstance(backbone, str):
             raise ValueError(f"BaselineModel takes one backbone name, got {backbone!r}")
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        backbone_options = checked_backbone_options(backbone_options, "backbone_options")
 
         # === Functional graph ===
         image, rgb = image_input(image_size, input_channels)
-        features = build_backbone(backbone, image_size, model_name="backbone")(rgb)
+        features = build_backbone(backbone, image_size, model_name="backbone", **backbone_options)(rgb)
         features = layers.Identity(name="features")(features)
         pooled = layers.GlobalAveragePooling2D(name="pool")(features)
         outputs = {"fused": logits_head(pooled, num_classes, dropout, name="fused")}
@@ -60,6 +67,7 @@ class BaselineModel(keras.Model):
         self.image_size = int(image_size)
         self.input_channels = int(input_channels)
         self.dropout = float(dropout)
+        self.backbone_options = backbone_options
 
     def get_config(self):
         # Not chained to keras.Model: a functional model's config is its layer graph, which this
@@ -72,6 +80,7 @@ class BaselineModel(keras.Model):
             "image_size": self.image_size,
             "input_channels": self.input_channels,
             "dropout": self.dropout,
+            "backbone_options": dict(self.backbone_options),
         }
 
     @classmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import keras
 from keras import layers
@@ -21,6 +21,31 @@ def logits_head(pooled, num_classes: int, dropout: float, name: str):
     if dropout > 0:
         x = layers.Dropout(dropout, name=f"{name}_dropout")(x)
     return layers.Dense(num_classes, dtype="float32", name=name)(x)
+
+
+# The build_backbone keywords a backbone's options may set (see can_tf.models.backbones.backbone_options).
+BACKBONE_OPTION_KEYS = ("preprocessing", "batchnorm_epsilon")
+
+
+def checked_backbone_options(options: Optional[dict], where: str) -> dict:
+    """A copy of one backbone's options (``None`` -> ``{}``), refusing keys build_backbone lacks.
+
+    JSON-ready (a model's config holds it): ``preprocessing`` a str, ``batchnorm_epsilon`` a float.
+    """
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise ValueError(f"{where} must be a dict of build_backbone options, got {options!r}")
+    unknown = sorted(set(options) - set(BACKBONE_OPTION_KEYS))
+    if unknown:
+        raise ValueError(f"{where}: unknown option(s) {', '.join(map(repr, unknown))}; known: "
+                         f"{', '.join(BACKBONE_OPTION_KEYS)}")
+    checked = {}
+    if options.get("preprocessing") is not None:
+        checked["preprocessing"] = str(options["preprocessing"])
+    if options.get("batchnorm_epsilon") is not None:
+        checked["batchnorm_epsilon"] = float(options["batchnorm_epsilon"])
+    return checked
 
 
 @keras.saving.register_keras_serializable(package="can_tf")
@@ -47,7 +72,8 @@ class CANModel(keras.Model):
     The graph is built in ``__init__`` from the constructor arguments, which are the whole config:
     a saved model is rebuilt from them with random weights, then its weights are loaded. Pretrained
     backbone weights are therefore not a constructor argument; :func:`can_tf.models.build_model`
-    loads them after construction.
+    loads them after construction. What such weights need of the graph itself (the input scaling
+    and batch-norm epsilon of weights imported from PyTorch) is: ``backbone_options``.
 
     Args:
         backbones: two names from :data:`can_tf.models.backbones.BACKBONES`.
@@ -56,6 +82,10 @@ class CANModel(keras.Model):
         input_channels: 1 (grayscale, replicated to RGB inside the graph) or 3.
         attention_dim: width of the cross-attention projections.
         dropout: dropout rate before each Dense head (0 disables).
+        backbone_options: one dict of :func:`can_tf.models.backbones.build_backbone` options per
+            branch (``preprocessing``, ``batchnorm_epsilon``; see
+            :func:`can_tf.models.backbones.backbone_options`), or None for the registry's own. A
+            model saved without them (older files) loads with none.
 
     Example:
         >>> import numpy as np
@@ -63,13 +93,26 @@ class CANModel(keras.Model):
         >>> logits = model(np.zeros((2, 64, 64, 1), "float32"))
         >>> sorted(logits), tuple(logits["fused"].shape)
         (['branch_1', 'branch_2', 'fused'], (2, 14))
+        >>> xrv = {"preprocessing": "xrv", "batchnorm_epsilon": 1e-5}
+        >>> model = CANModel(backbones=("tiny", "tiny"), image_size=64, backbone_options=[xrv, None])
+        >>> model.get_layer("branch_1_backbone").get_layer("preprocessing").mode
+        'xrv'
+        >>> model.get_config()["backbone_options"]
+        [{'preprocessing': 'xrv', 'batchnorm_epsilon': 1e-05}, {}]
     """
 
     def __init__(self, backbones: Sequence[str] = ("densenet121", "densenet121"), num_classes: int = 14,
                  image_size: int = 224, input_channels: int = 1, attention_dim: int = 256,
-                 dropout: float = 0.0, **kwargs):
+                 dropout: float = 0.0, backbone_options: Optional[Sequence[Optional[dict]]] = None, **kwargs):
         if isinstance(backbones, str) or len(backbones) != 2:
             raise ValueError(f"CANModel takes exactly two backbones, got {backbones!r}")
+        if backbone_options is None:
+            backbone_options = [None] * len(backbones)
+        if isinstance(backbone_options, dict) or len(backbone_options) != len(backbones):
+            raise ValueError(f"CANModel takes one backbone_options dict (or None) per backbone, "
+                             f"got {backbone_options!r}")
+        backbone_options = [checked_backbone_options(o, f"backbone_options[{i}]")
+                            for i, o in enumerate(backbone_options)]
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes!r}")
         if not 0.0 <= dropout < 1.0:
@@ -78,8 +121,8 @@ class CANModel(keras.Model):
         # === Functional graph ===
         image, rgb = image_input(image_size, input_channels)
         features = [
-            build_backbone(name, image_size, model_name=f"branch_{i}_backbone")(rgb)
-            for i, name in enumerate(backbones, start=1)
+            build_backbone(name, image_size, model_name=f"branch_{i}_backbone", **options)(rgb)
+            for i, (name, options) in enumerate(zip(backbones, backbone_options), start=1)
         ]
         attended_1, attended_2, _ = CrossAttention(attention_dim, name="cross_attention")(features)
         attended_1 = layers.Identity(name="branch_1_features")(attended_1)
@@ -101,6 +144,7 @@ class CANModel(keras.Model):
         self.input_channels = int(input_channels)
         self.attention_dim = int(attention_dim)
         self.dropout = float(dropout)
+        self.backbone_options = backbone_options
 
     def get_config(self):
         # Not chained to keras.Model: a functional model's config is its layer graph, which this
@@ -114,6 +158,7 @@ class CANModel(keras.Model):
             "input_channels": self.input_channels,
             "attention_dim": self.attention_dim,
             "dropout": self.dropout,
+            "backbone_options": [dict(o) for o in self.backbone_options],
         }
 
     @classmethod
