@@ -28,7 +28,7 @@ def _format_auroc_table(test_auroc: dict, mean: float, title: str, intervals: di
 
 
 @click.command("fit")
-@click.option("--preset", default=None, help="Named preset (paper, hetero, chexnet, small, small-baseline); default small.")
+@click.option("--preset", default=None, help="Named preset (paper, paper-xrv, hetero, hetero-xrv, chexnet, chexnet-xrv, small, small-baseline); default small.")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
               help="YAML or JSON config file (over its preset).")
 @click.option("--data", default=None, help="ChestX-ray14 folder or CSV file (data.source); default: built-in phantom data.")
