@@ -191,6 +191,8 @@ def make_dataset(
 
     Args:
         df: the data table (columns ``path`` and one per class; see :mod:`can_tf.data.table`).
+            A table read from packed TFRecord shards (``df.attrs["packed_root"]``) is fed from
+            them instead, by :func:`can_tf.data.packed.packed_dataset`.
         class_names: label columns, in output order.
         image_size: side of the square images produced, in pixels.
         batch_size: global batch size; per replica with an ``input_context``.
@@ -215,9 +217,14 @@ def make_dataset(
     """
     import tensorflow as tf
 
-    from can_tf.data.augment import augment_radiographs
-    from can_tf.images import check_aspect, decode_and_resize
+    from can_tf.images import check_aspect
 
+    if "packed_root" in df.attrs:  # a table read from TFRecord shards: see can_tf.data.packed
+        from can_tf.data.packed import packed_dataset
+
+        return packed_dataset(df.attrs["packed_root"], df, class_names, batch_size, training=training,
+                              image_size=image_size, augment=augment, cache=cache, deterministic=deterministic,
+                              seed=seed, input_context=input_context, drop_remainder=drop_remainder, aspect=aspect)
     class_names = list(class_names)
     _check_arguments(df, class_names, image_size, batch_size, cache, on_bad_image)
     check_aspect(aspect)
@@ -237,7 +244,7 @@ def make_dataset(
         ds = ds.shuffle(max(1, len(paths)), seed=seed, reshuffle_each_iteration=cache == "none")
 
     def load(path, label):
-        return decode_and_resize(tf.io.read_file(path), image_size, aspect, path), label
+        return load_file(path, image_size, aspect), label
 
     parallel = parallel_calls()
     ds = ds.map(load, num_parallel_calls=parallel, deterministic=ordered)
@@ -249,13 +256,34 @@ def make_dataset(
     if training and cache != "none":
         buffer = int(min(len(paths), max(1024, SHUFFLE_BUFFER_BYTES // (image_size * image_size))))
         ds = ds.shuffle(max(1, buffer), seed=seed + 1, reshuffle_each_iteration=True)
+    return finish_batches(ds, batch_size, augment=training and augment, seed=seed, ordered=ordered,
+                          drop_remainder=drop_remainder)
+
+
+def load_file(path, image_size: int, aspect: str = "stretch"):
+    """One image file (a string tensor) -> uint8 ``(S, S, 1)`` through the image door: the decode
+    stage of :func:`make_dataset`, shared with :func:`can_tf.data.packed.pack`."""
+    import tensorflow as tf
+
+    from can_tf.images import decode_and_resize
+
+    return decode_and_resize(tf.io.read_file(path), image_size, aspect, path)
+
+
+def finish_batches(ds, batch_size: int, *, augment: bool, seed: int, ordered: bool, drop_remainder: bool):
+    """The tail every pipeline shares: uint8 ``(image, label)`` elements -> float32 batches,
+    augmented when ``augment``, prefetched, with :func:`pipeline_options`."""
+    import tensorflow as tf
+
+    from can_tf.data.augment import augment_radiographs
+
     ds = ds.map(lambda image, label: (tf.cast(image, tf.float32), label))
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    if training and augment:
+    if augment:
         augment_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip(ds, augment_seeds).map(
             lambda batch, s: (augment_radiographs(batch[0], s), batch[1]),
-            num_parallel_calls=parallel,
+            num_parallel_calls=parallel_calls(),
             deterministic=ordered,
         )
     ds = ds.prefetch(PREFETCH_BATCHES)

@@ -36,10 +36,11 @@ READERS = {
     "padchest": ("can_tf.data.padchest", "load_padchest"),
     "vindr": ("can_tf.data.vindr", "load_vindr"),
     "nih-google": ("can_tf.data.nih_google", "load_nih_google"),
+    "packed": ("can_tf.data.packed", "load_packed"),  # TFRecord shards written by `can-tf data pack`
 }
 FORMATS = ("auto", *READERS)
 # Tried in this order by data.format=auto (each module's detect(path)); NIH and plain CSV come last.
-_DETECTED = ("nih-google", "mimic", "chexpert", "padchest", "vindr")
+_DETECTED = ("packed", "nih-google", "mimic", "chexpert", "padchest", "vindr")
 VIEWS = ("PA", "AP")
 SEXES = ("M", "F")
 MAX_AGE = 120.0  # years; NIH's first release had ages like 414 that are typos, not patients
