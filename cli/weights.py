@@ -36,7 +36,14 @@ def weights():
 @click.option("--trust-pickle", is_flag=True,
               help="Allow a checkpoint that pickles Python objects (a whole nn.Module); unpickling can run "
                    "code from the file, so only for a file from a source you trust.")
-def import_(source, backbone, out, preprocessing, image_size, trust_pickle):
+@click.option("--check", "check", multiple=True, type=click.Path(exists=True), metavar="IMAGES",
+              help="After writing, run the PyTorch model and the Keras backbone on these images (a PNG, JPEG "
+                   "or DICOM file or a folder; repeatable; the first 8 files) and compare them; exit 1 if "
+                   "any max |diff| exceeds --tolerance.")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=1e-4, show_default=True,
+              help="The largest max |diff| --check accepts (feature map, pooled features, logits, probabilities); "
+                   "outputs larger than 1 get it times their largest |value|.")
+def import_(source, backbone, out, preprocessing, image_size, trust_pickle, check, tolerance):
     """Import SOURCE (a .pth/.pth.tar/.pt checkpoint, or a torchxrayvision weights name such as
     densenet121-res224-all or resnet50-res512-all) into backbone NAME, written to FILE.weights.h5
     with its origin and input scaling. Needs PyTorch: pip install "can-tf[torch]".
@@ -45,14 +52,21 @@ def import_(source, backbone, out, preprocessing, image_size, trust_pickle):
     Examples:
       can-tf weights import densenet121-res224-nih --backbone densenet121 --out nih.weights.h5
       can-tf weights import resnet50.pth --backbone resnet50_tv --out r50.weights.h5
+      can-tf weights import densenet121-res224-all --backbone densenet121 --out xrv.weights.h5 --check scans/
     Named weights are downloaded into $CAN_TF_CACHE/weights (default ~/.cache/can-tf/weights).
+    --check also needs torchvision (checkpoint files) or torchxrayvision (weights names).
     """
-    from can_tf.models.torch_import import import_checkpoint
+    from can_tf.models import torch_import
 
     # A ModelFileError becomes one `Error:` line in can_tf_cli.main.
-    result = import_checkpoint(source, backbone, out, image_size=image_size, preprocessing=preprocessing,
-                               trust_pickle=trust_pickle)
+    result = torch_import.import_checkpoint(source, backbone, out, image_size=image_size,
+                                            preprocessing=preprocessing, trust_pickle=trust_pickle)
     click.echo(result.summary())
+    if check:
+        verified = torch_import.verify_import(source, result.out, check, tolerance=tolerance,
+                                              trust_pickle=trust_pickle)
+        click.echo(verified.summary())
+        verified.check()
 
 
 @weights.command("info", short_help="Show where a weights file came from and the scaling it expects.")

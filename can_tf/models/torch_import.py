@@ -22,6 +22,13 @@ DenseNet-121/169/201 have torchvision's layout already; torchvision's ResNets (v
 Every other tensor must find its layer and every layer its tensors, with the same shape; otherwise
 one :class:`can_tf.errors.ModelFileError` lists what did not fit and nothing is written.
 
+An import is checked by running both sides (:func:`verify_import`, ``can-tf weights import ...
+--check IMAGES``): the torch model the checkpoint belongs to, fed as its weights expect, and the
+Keras backbone built from the written file, fed ``[0, 255]`` gray; the max ``|diff|`` of the
+feature map, the pooled features and the checkpoint's own classifier (logits, probabilities) must
+stay within ``tolerance * max(1, max |value|)`` (default ``1e-4``: above float32 rounding through a
+DenseNet-121, orders of magnitude below a wrong tensor).
+
 PyTorch is needed only here and only when a checkpoint is read (``pip install "can-tf[torch]"``).
 
 Example (the key mapping needs no PyTorch):
@@ -35,12 +42,22 @@ Example (the key mapping needs no PyTorch):
     >>> kernel = conv_kernel(np.ones((64, 1, 7, 7), "float32"), input_channels=3)
     >>> kernel.shape, float(kernel.sum(axis=2)[0, 0, 0])  # gray kernel spread over RGB
     ((7, 7, 3, 64), 1.0)
+    >>> check = VerifyResult("x.pth", Path("x.weights.h5"), "torchvision densenet121", "densenet121", "torch",
+    ...                      224, ("a.png",), {"feature map": 2e-6, "pooled features": 0.03},
+    ...                      {"feature map": 9.0, "pooled features": 1.0}, {"feature map": (1, 7, 7, 1024),
+    ...                      "pooled features": (1, 1024)})
+    >>> check.failures
+    ('pooled features',)
+    >>> check.failure()
+    'x.weights.h5 does not compute what x.pth computes: pooled features max |diff| 0.03 > 0.0001 (tolerance 0.0001) on 1 images at 224 px'
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import importlib
 import os
 import re
 import shutil
@@ -332,20 +349,30 @@ def _shape(shape) -> str:
     return "(" + ", ".join(map(str, shape)) + ")"
 
 
-def _map_state_dict(tensors: dict, backbone, name: str, source: str) -> _Mapping:
-    """Pairs checkpoint tensors with the backbone's variables; one ModelFileError for any misfit."""
+def _key_prefix(tensors: dict, name: str, source: str) -> tuple:
+    """``(prefix, outer)``: what stands before the backbone's keys, and before the whole model's.
+
+    The model's keys sit below a prefix ("module." from DataParallel, "densenet121.features." in
+    CheXNet, "model." in torchxrayvision's ResNet): the one in front of the first convolution.
+    ``outer`` is that prefix without DenseNet's ``features.``: where its classifier sits.
+    """
     family = SUPPORTED_BACKBONES[name]
     first = _FIRST_CONV[family]
-    tensors = {normalize_key(k): v for k, v in tensors.items()}
-    # The model's keys sit below a prefix ("module." from DataParallel, "densenet121.features." in
-    # CheXNet, "model." in torchxrayvision's ResNet): the one in front of the first convolution.
     anchors = sorted((k for k in tensors if k == f"{first}.weight" or k.endswith(f".{first}.weight")), key=len)
     if not anchors:
         raise ModelFileError(
             f"{source} does not fit backbone {name!r}: no first convolution '{first}.weight' among its "
             f"{len(tensors)} keys ({_listed(sorted(tensors))}); is it a {family} checkpoint?")
     prefix = anchors[0][: -len(f"{first}.weight")]
-    outer = prefix[: -len("features.")] if prefix.endswith("features.") else prefix
+    return prefix, prefix[: -len("features.")] if prefix.endswith("features.") else prefix
+
+
+def _map_state_dict(tensors: dict, backbone, name: str, source: str) -> _Mapping:
+    """Pairs checkpoint tensors with the backbone's variables; one ModelFileError for any misfit."""
+    family = SUPPORTED_BACKBONES[name]
+    first = _FIRST_CONV[family]
+    tensors = {normalize_key(k): v for k, v in tensors.items()}
+    prefix, outer = _key_prefix(tensors, name, source)
 
     wanted = {}  # torch key -> (variable, converter name)
     for layer in backbone.layers:
@@ -364,7 +391,7 @@ def _map_state_dict(tensors: dict, backbone, name: str, source: str) -> _Mapping
             raise ModelFileError(f"backbone {name!r}: layer {layer.name} ({type(layer).__name__}) has no "
                                  f"PyTorch mapping")
 
-    first_shape = np.shape(tensors[anchors[0]])
+    first_shape = np.shape(tensors[f"{prefix}{first}.weight"])
     input_channels = int(first_shape[1]) if len(first_shape) == 4 else 3  # else: a shape mismatch below
     assignments, ignored, unmatched, mismatched = [], [], [], []
     for key, array in tensors.items():
@@ -554,3 +581,351 @@ def import_checkpoint(source: Union[str, os.PathLike], backbone: str, out: Union
     return ImportResult(out=out, info=info, tensors_mapped=mapping.tensors_mapped,
                         parameters=int(model.count_params()), ignored=tuple(sorted(extra + mapping.ignored)),
                         seconds=time.perf_counter() - started, file_size=out.stat().st_size)
+
+
+# --- checking an import against the PyTorch model ----------------------------------------------------
+
+MAX_CHECK_IMAGES = 8  # enough to see a wrong tensor; a CPU runs DenseNet-121 on them in seconds
+DEFAULT_TOLERANCE = 1e-4
+# Backbone -> the torchvision architecture a torchvision-layout checkpoint belongs to.
+TORCHVISION_ARCHITECTURES = {
+    "densenet121": lambda models: models.densenet121(weights=None),
+    "densenet169": lambda models: models.densenet169(weights=None),
+    "densenet201": lambda models: models.densenet201(weights=None),
+    "resnet50_tv": lambda models: models.resnet50(weights=None),
+    "resnet101_tv": lambda models: models.resnet101(weights=None),
+}
+_HEADS = ("classifier.", "classifier.0.", "fc.")  # torchvision's and CheXNet's (Linear, Sigmoid) heads
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyResult:
+    """What :func:`verify_import` measured: the Keras backbone against the PyTorch model.
+
+    Attributes:
+        source: the checkpoint file or weights name the torch model was built from.
+        weights_file: the ``.weights.h5`` file the Keras backbone was built from.
+        torch_model: the torch model, in words (e.g. ``torchxrayvision DenseNet(weights=...)``).
+        backbone: the Keras backbone's name.
+        preprocessing: the input scaling the weights expect (torch was fed so, Keras ``[0, 255]``).
+        image_size: the square size both models ran at.
+        images: the image files, in order.
+        diffs: ``{output: max |keras - torch|}`` for ``"feature map"``, ``"pooled features"`` and,
+            where the checkpoint has a classifier, ``"logits"`` and ``"probabilities"``.
+        largest: ``{output: max |torch|}``: the scale each diff is read against.
+        shapes: ``{output: shape}`` (channels last).
+        tolerance: the largest diff that passes on outputs of magnitude up to 1; larger outputs
+            get it in proportion (:meth:`limit`), as float32 rounding grows with the values.
+        same_checkpoint: whether ``source``'s SHA-256 is the one recorded in ``weights_file``.
+    """
+
+    source: str
+    weights_file: Path
+    torch_model: str
+    backbone: str
+    preprocessing: str
+    image_size: int
+    images: tuple
+    diffs: dict
+    largest: dict
+    shapes: dict
+    tolerance: float = DEFAULT_TOLERANCE
+    same_checkpoint: bool = True
+
+    def limit(self, name: str) -> float:
+        """The largest diff ``name`` may have: ``tolerance * max(1, largest |value|)``.
+
+        Absolute for logits and probabilities; relative for feature maps, whose values reach 5-50,
+        where float32 rounding through 121 layers alone comes near ``1e-4`` (a wrong tensor is off
+        by orders of magnitude more).
+        """
+        return self.tolerance * max(1.0, self.largest.get(name, 1.0))
+
+    @property
+    def failures(self) -> tuple:
+        """The outputs whose diff exceeds their :meth:`limit` (a NaN diff fails too)."""
+        return tuple(name for name, diff in self.diffs.items() if not diff <= self.limit(name))
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def failure(self) -> Optional[str]:
+        """One line naming every output over the tolerance; None when all pass."""
+        if self.passed:
+            return None
+        over = ", ".join(f"{name} max |diff| {self.diffs[name]:.3g} > {self.limit(name):.3g}" for name in self.failures)
+        return (f"{self.weights_file} does not compute what {self.source} computes: {over} (tolerance "
+                f"{self.tolerance:g}) on {len(self.images)} images at {self.image_size} px")
+
+    def check(self) -> "VerifyResult":
+        """Itself when every diff is within the tolerance; else a ModelFileError with :meth:`failure`."""
+        if not self.passed:
+            raise ModelFileError(self.failure())
+        return self
+
+    def summary(self) -> str:
+        """A few lines for the command line: one per output, then the verdict."""
+        lines = [f"checked {self.weights_file} ({self.backbone}) against {self.torch_model} on "
+                 f"{len(self.images)} images at {self.image_size} px (torch fed {self.preprocessing!r} "
+                 f"scaling, Keras [0, 255] gray)"]
+        if not self.same_checkpoint:
+            lines.append(f"note: {self.source} is not the checkpoint recorded in {self.weights_file} (sha256 differs)")
+        for name, diff in self.diffs.items():
+            verdict = "ok" if name not in self.failures else "OVER TOLERANCE"
+            lines.append(f"{name} {_shape(self.shapes[name])}: max |diff| {diff:.3g} "
+                         f"(largest |value| {self.largest[name]:.3g}, limit {self.limit(name):.3g}) {verdict}")
+        lines.append(f"all within tolerance {self.tolerance:g}" if self.passed else
+                     f"FAILED: {', '.join(self.failures)} over tolerance {self.tolerance:g}")
+        return "\n".join(lines)
+
+
+def check_image_paths(images, limit: int = MAX_CHECK_IMAGES) -> list:
+    """Image files for :func:`verify_import`: ``images`` is a file, a folder (its PNG, JPEG and
+    DICOM files by name) or a sequence of them; the first ``limit`` files in all.
+
+    Raises:
+        DataError: a path that does not exist, or no image among them.
+    """
+    from can_tf.errors import DataError
+    from can_tf.images import IMAGE_SUFFIXES
+
+    given = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+    found = []
+    for item in map(Path, given):
+        if item.is_dir():
+            found += sorted(p for p in item.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+        elif item.is_file():
+            found.append(item)
+        else:
+            raise DataError(f"check images: {item} is neither an image file nor a folder")
+    if not found:
+        raise DataError(f"check images: no PNG, JPEG or DICOM file ({', '.join(IMAGE_SUFFIXES)}) in "
+                        f"{', '.join(map(str, given)) or 'the empty list'}")
+    return found[:limit]
+
+
+def torch_scaled(torch, pixels: np.ndarray, mode: str, channels: int):
+    """What a PyTorch model is fed: ``(N, S, S, 1)`` gray in ``[0, 255]`` -> ``(N, C, S, S)``.
+
+    Written out in torch, apart from :class:`can_tf.models.backbones.ImagePreprocessing`, so that a
+    check compares the backbone's scaling with what the weights were trained on rather than with
+    itself. ``"xrv"`` is ``torchxrayvision.datasets.normalize(img, 255)``: ``x / 255 * 2048 - 1024``.
+
+    Raises:
+        ModelFileError: a per-channel mode (``torch``, ``caffe``) for a one-channel model.
+    """
+    from can_tf.models import backbones
+
+    if channels == 1 and mode in ("torch", "caffe"):
+        raise ModelFileError(f"a 1-channel model cannot take {mode!r} scaling (it differs per RGB channel); "
+                             f"import it with --preprocessing xrv, tf, unit or none")
+    x = torch.from_numpy(np.ascontiguousarray(np.transpose(pixels, (0, 3, 1, 2)), dtype=np.float32))
+    x = x.repeat(1, channels, 1, 1)
+    rgb = lambda values: torch.tensor(values, dtype=torch.float32).reshape(1, 3, 1, 1)  # noqa: E731
+    if mode == "xrv":
+        return x / 255.0 * (2.0 * backbones.XRV_RANGE) - backbones.XRV_RANGE
+    if mode == "torch":
+        return (x / 255.0 - rgb(backbones.IMAGENET_MEAN_RGB)) / rgb(backbones.IMAGENET_STDDEV_RGB)
+    if mode == "caffe":
+        return x.flip(1) - rgb(backbones.CAFFE_MEAN_BGR)
+    if mode == "tf":
+        return x / 127.5 - 1.0
+    if mode == "unit":
+        return x / 255.0
+    return x
+
+
+@dataclasses.dataclass
+class _TorchModel:
+    """A torch model cut where the backbone ends: feature map, pooling, and its head if any."""
+
+    description: str
+    features: object  # x -> (N, C, h, w)
+    head: object  # torch.nn.Linear or None
+    input_channels: int
+
+
+def _require(module: str, what: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ModelFileError(f"{module} is needed to check {what}: pip install \"can-tf[torch]\"") from None
+
+
+def _xrv_model(torch, name: str, entry: NamedWeights) -> _TorchModel:
+    """torchxrayvision's own model for named weights, read from the file already cached."""
+    xrv = _require("torchxrayvision", f"weights {name!r}")
+    folder = os.fspath(named_checkpoint(name).parent)  # xrv downloads only what is not in cache_dir
+    if SUPPORTED_BACKBONES[entry.backbone] == "densenet":
+        model = xrv.models.DenseNet(weights=name, cache_dir=folder).eval()
+        features = lambda x: torch.nn.functional.relu(model.features(x))  # noqa: E731 (as features2)
+        return _TorchModel(f"torchxrayvision DenseNet(weights={name!r})", features, model.classifier,
+                           model.features.conv0.in_channels)
+    model = xrv.models.ResNet(weights=name, cache_dir=folder).eval()
+    return _TorchModel(f"torchxrayvision ResNet(weights={name!r})", functools.partial(_resnet_stages, model.model),
+                       model.model.fc, model.model.conv1.in_channels)
+
+
+def _resnet_stages(m, x):
+    return m.layer4(m.layer3(m.layer2(m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(x))))))))
+
+
+def _torchvision_model(torch, path: Path, backbone: str, trust_pickle: bool) -> _TorchModel:
+    """The torchvision architecture of ``backbone`` holding a checkpoint's tensors, keys normalised
+    and prefix stripped as the import does; a 1-channel first convolution where the checkpoint has one."""
+    torchvision = _require("torchvision", f"a checkpoint for {backbone!r}")
+    if backbone not in TORCHVISION_ARCHITECTURES:
+        raise ModelFileError(f"no torchvision architecture known for backbone {backbone!r}; "
+                             f"known: {', '.join(TORCHVISION_ARCHITECTURES)}")
+    family = SUPPORTED_BACKBONES[backbone]
+    tensors, _ = load_state_dict(path, trust_pickle=trust_pickle)
+    tensors = {normalize_key(k): v for k, v in tensors.items()}
+    prefix, outer = _key_prefix(tensors, backbone, os.fspath(path))
+    model = TORCHVISION_ARCHITECTURES[backbone](torchvision.models)
+    first = model.features.conv0 if family == "densenet" else model.conv1
+    weight = tensors[f"{prefix}{_FIRST_CONV[family]}.weight"]
+    if weight.shape[1] != first.in_channels:
+        first = torch.nn.Conv2d(weight.shape[1], first.out_channels, first.kernel_size, first.stride,
+                                first.padding, bias=False)
+        if family == "densenet":
+            model.features.conv0 = first
+        else:
+            model.conv1 = first
+    # torchvision's keys: DenseNet's below "features.", ResNet's at the top.
+    inner = "features." if family == "densenet" else ""
+    state = {inner + k[len(prefix):]: torch.from_numpy(np.asarray(v)) for k, v in tensors.items()
+             if k.startswith(prefix) and k[len(prefix):].split(".", 1)[0] not in IGNORED_MODULES}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k.split(".", 1)[0] not in IGNORED_MODULES]
+    if missing or unexpected:
+        raise ModelFileError(f"{path} does not fit torchvision's {backbone} architecture: missing "
+                             f"{_listed(missing) or 'none'}; unexpected {_listed(unexpected) or 'none'}")
+    head = None
+    for name in _HEADS:
+        w, b = tensors.get(f"{outer}{name}weight"), tensors.get(f"{outer}{name}bias")
+        if w is not None and np.ndim(w) == 2:
+            head = torch.nn.Linear(w.shape[1], w.shape[0], bias=True)
+            with torch.no_grad():
+                head.weight.copy_(torch.from_numpy(w))
+                head.bias.copy_(torch.from_numpy(b) if b is not None else torch.zeros(w.shape[0]))
+            break
+    model.eval()
+    if family == "densenet":
+        features = lambda x: torch.nn.functional.relu(model.features(x))  # noqa: E731 (DenseNet.forward)
+    else:
+        features = functools.partial(_resnet_stages, model)
+    channels = "1-channel" if first.in_channels == 1 else f"{first.in_channels}-channel"
+    return _TorchModel(f"torchvision {backbone.removesuffix('_tv')} ({channels} input)", features, head,
+                       first.in_channels)
+
+
+def verify_import(source: Union[str, os.PathLike], weights_file: Union[str, os.PathLike], images, *,
+                  image_size: Optional[int] = None, tolerance: float = DEFAULT_TOLERANCE,
+                  trust_pickle: bool = False) -> VerifyResult:
+    """Runs an imported backbone and the PyTorch model it came from on the same images; the diffs.
+
+    The torch model is the checkpoint's own: for torchxrayvision weights names,
+    ``xrv.models.DenseNet(weights=name)`` / ``xrv.models.ResNet(weights=name)`` (from the cached
+    file); for a checkpoint file, the torchvision architecture of the backbone recorded in
+    ``weights_file`` (a 1-channel first convolution where the checkpoint has one). It is fed as
+    its weights expect (:func:`torch_scaled`); the Keras backbone,
+    ``build_backbone(..., weights=weights_file)``, gets ``[0, 255]`` gray replicated to RGB, so
+    its in-graph scaling is checked too. Both see the images through :func:`can_tf.images.load_image`
+    (decoded, resized and rounded as in training). Compared: the last feature map, the pooled
+    features and, when the checkpoint has a classifier (torchxrayvision's 18 pathologies, CheXNet's
+    14), its logits and sigmoid probabilities: a Keras ``Dense`` holding the classifier's weights on
+    the Keras features against torch's own classifier (before torchxrayvision's ``op_norm``).
+    TensorFloat-32 is switched off while Keras runs (GPUs would otherwise multiply in 10-bit
+    mantissas); torch runs on the CPU.
+
+    Args:
+        source: what ``weights_file`` was imported from (a checkpoint file or a weights name).
+        weights_file: the ``.weights.h5`` written by :func:`import_checkpoint`.
+        images: an image file, a folder, or a sequence of them (the first
+            :data:`MAX_CHECK_IMAGES` files; see :func:`check_image_paths`).
+        image_size: the square size to run at; default the size the weights were trained at.
+        tolerance: the largest max |diff| that passes, scaled by outputs larger than 1
+            (:meth:`VerifyResult.limit`, :meth:`VerifyResult.check`).
+        trust_pickle: as for :func:`import_checkpoint`.
+
+    Returns:
+        A :class:`VerifyResult`; it does not raise for diffs over the tolerance (see its ``check``).
+
+    Raises:
+        ModelFileError: no weights info in ``weights_file``, PyTorch (or torchvision,
+            torchxrayvision) missing, or a checkpoint that does not fit.
+        DataError: no images, or an image that cannot be read.
+    """
+    from can_tf.images import load_image
+    from can_tf.models import backbones
+
+    weights_file = Path(weights_file)
+    info = read_weights_info(weights_file) if weights_file.is_file() else None
+    if info is None:
+        raise ModelFileError(f"{weights_file} carries no can-tf weights info (not written by can-tf weights "
+                             f"import, or not an HDF5 weights file)")
+    if info.backbone not in SUPPORTED_BACKBONES:
+        raise ModelFileError(f"{weights_file} is for backbone {info.backbone!r}, which takes no PyTorch checkpoints")
+    paths = check_image_paths(images)
+    size = int(image_size or info.image_size or BUILD_SIZE)
+    torch = import_torch()
+
+    source_text = os.fspath(source)
+    entry = NAMED_WEIGHTS.get(source_text) if not os.path.exists(source_text) else None
+    if entry is not None:
+        if entry.backbone != info.backbone:
+            raise ModelFileError(f"weights {source_text!r} fit backbone {entry.backbone!r}, but {weights_file} "
+                                 f"holds {info.backbone!r}")
+        checkpoint = named_checkpoint(source_text)
+        reference = _xrv_model(torch, source_text, entry)
+    else:
+        checkpoint = Path(source_text)
+        if not checkpoint.is_file():
+            raise ModelFileError(f"checkpoint not found: {checkpoint} (a file, or one of the weights names "
+                                 f"{', '.join(sorted(NAMED_WEIGHTS))})")
+        reference = _torchvision_model(torch, checkpoint, info.backbone, trust_pickle)
+
+    pixels = np.stack([load_image(p, size).pixels for p in paths]).astype(np.float32)
+    with torch.no_grad():
+        features = reference.features(torch_scaled(torch, pixels, info.preprocessing, reference.input_channels))
+        pooled = torch.nn.functional.adaptive_avg_pool2d(features, 1).flatten(1)
+        expected = {"feature map": features.permute(0, 2, 3, 1), "pooled features": pooled}
+        if reference.head is not None and reference.head.in_features != pooled.shape[1]:
+            raise ModelFileError(f"{source_text}: its classifier takes {reference.head.in_features} features, "
+                                 f"the backbone gives {pooled.shape[1]}")
+        if reference.head is not None:
+            expected["logits"] = reference.head(pooled)
+            expected["probabilities"] = torch.sigmoid(expected["logits"])
+    expected = {k: v.numpy() for k, v in expected.items()}
+
+    got = _keras_outputs(backbones, info.backbone, size, weights_file, pixels, reference.head)
+    diffs = {k: float(np.abs(got[k] - expected[k]).max()) for k in expected}
+    return VerifyResult(
+        source=source_text, weights_file=weights_file, torch_model=reference.description, backbone=info.backbone,
+        preprocessing=info.preprocessing, image_size=size, images=tuple(paths), diffs=diffs,
+        largest={k: float(np.abs(v).max()) for k, v in expected.items()},
+        shapes={k: tuple(v.shape) for k, v in expected.items()}, tolerance=float(tolerance),
+        same_checkpoint=info.sha256 in (None, sha256_of(checkpoint)))
+
+
+def _keras_outputs(backbones, name: str, size: int, weights_file: Path, pixels: np.ndarray, head) -> dict:
+    """The Keras side of :func:`verify_import`, in full float32 (TensorFloat-32 off meanwhile)."""
+    import tensorflow as tf
+
+    tf32 = tf.config.experimental.tensor_float_32_execution_enabled()
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    try:
+        backbone = backbones.build_backbone(name, size, weights=os.fspath(weights_file))
+        features = backbone(np.repeat(pixels, 3, axis=-1), training=False)
+        pooled = keras.layers.GlobalAveragePooling2D()(features)
+        got = {"feature map": features, "pooled features": pooled}
+        if head is not None:
+            dense = keras.layers.Dense(head.out_features)
+            dense.build((None, head.in_features))
+            dense.set_weights([head.weight.detach().numpy().T, head.bias.detach().numpy()])
+            got["logits"] = dense(pooled)
+            got["probabilities"] = keras.ops.sigmoid(got["logits"])
+        return {k: np.asarray(v, dtype=np.float32) for k, v in got.items()}
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(tf32)
