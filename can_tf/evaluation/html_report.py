@@ -191,6 +191,11 @@ def render_html(
             f"<nav>{nav}</nav></header>"]
     for key, name, content in sections:
         body.append(f'<section id="{key}"><h2>{_e(name)}</h2>\n{content}\n</section>')
+    return _page(title, body)
+
+
+def _page(title: str, body: Sequence[str]) -> str:
+    """The one page shell of every report: inline style, the figure-check script, ``body``."""
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
@@ -584,14 +589,7 @@ def render_comparison_html(comparison: Mapping, figures: Mapping[str, str] = {})
     notes = [comparison.get("method", "")] + list(comparison.get("notes") or [])
     body.append('<section id="notes"><h2>Method and notes</h2><ul>'
                 + "".join(f"<li>{_e(n)}</li>" for n in notes if n) + "</ul></section>")
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n<script>{_SCRIPT}</script>\n</head>\n"
-        "<body data-figures-ok=\"pending\" data-figure-count=\"0\" data-errors=\"\">\n<main>\n"
-        + "\n".join(body)
-        + "\n</main>\n</body>\n</html>\n"
-    )
+    return _page(title, body)
 
 
 def write_comparison_html(path: PathLike, comparison: Mapping, **kwargs) -> Path:
