@@ -48,7 +48,7 @@ COMMANDS = {
     "compare": ("compare", "compare", "Compare models or seed groups on the same images: paired tests, what can be concluded."),
     "ablate": ("ablate", "ablate", "Train and compare the paper's ablations (CAN vs baseline, losses, lambda) over seeds."),
     "weights": ("weights", "weights", "Import PyTorch (torchxrayvision, CheXNet) weights into can-tf backbones."),
-    "data": ("data", "data", "Check a data set, or write the built-in phantom data set."),
+    "data": ("data", "data", "Check a data set, write the built-in phantom data set, or pack one into TFRecord shards."),
 }
 
 # Click's own control flow: usage and command errors, --help/--version exits, aborts (and EOF on a
