@@ -135,6 +135,7 @@ def run_ablation(
 def ablation_markdown(cells, comparisons: dict, seeds) -> str:
     """One row per cell: its mean AUROC, the difference from the baseline with both intervals, and
     the conclusion; each cell's full comparison is in ``compare/<cell>/comparison.md``."""
+    from can_tf.evaluation.comparison import signed_interval_text
     lines = [f"# Ablation over seeds {', '.join(map(str, seeds))}", "",
              "| cell | what it tests | mean AUROC | baseline | difference [95% paired bootstrap] | "
              "seed interval | classes different (Holm) |",
@@ -144,7 +145,7 @@ def ablation_markdown(cells, comparisons: dict, seeds) -> str:
             continue
         pair = comparisons[cell.name].comparison.pairs[0]
         d, seeds_spread = pair.mean.difference, pair.mean.seeds
-        diff = "undefined" if d.point is None else f"{d.point:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
+        diff = signed_interval_text(d.point, d.low, d.high)
         seed_text = ("—" if seeds_spread is None or seeds_spread.low is None
                      else f"[{seeds_spread.low:+.3f}, {seeds_spread.high:+.3f}]")
         significant = [r.name for r in pair.classes if r.p_adjusted is not None and r.p_adjusted < 0.05]

@@ -413,12 +413,24 @@ def comparison_markdown(comparison: Comparison) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _interval(i: Interval) -> str:
-    if i.point is None:
+def signed_interval_text(point, low=None, high=None) -> str:
+    """A difference with its interval, signed: ``+0.012 [-0.003, +0.027]`` (``undefined``)."""
+    if point is None:
         return "undefined"
-    if i.low is None:
-        return f"{i.point:+.3f}"
-    return f"{i.point:+.3f} [{i.low:+.3f}, {i.high:+.3f}]"
+    if low is None:
+        return f"{point:+.3f}"
+    return f"{point:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def p_text(value) -> str:
+    """A p-value as the tables show it: three decimals, ``<0.001`` below that, ``—`` if absent."""
+    if value is None:
+        return "—"
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _interval(i: Interval) -> str:
+    return signed_interval_text(i.point, i.low, i.high)
 
 
 def _seed_text(s: Optional[SeedSpread]) -> str:
@@ -432,9 +444,7 @@ def _fmt(value) -> str:
 
 
 def _p(value) -> str:
-    if value is None:
-        return "—"
-    return "<0.001" if value < 0.001 else f"{value:.3f}"
+    return p_text(value)
 
 
 def _num(value) -> str:

@@ -600,14 +600,12 @@ def write_comparison_html(path: PathLike, comparison: Mapping, **kwargs) -> Path
 
 
 def _signed_interval(d: Mapping) -> str:
-    if d.get("point") is None:
-        return "undefined"
-    if d.get("low") is None:
-        return f"{d['point']:+.3f}"
-    return f"{d['point']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+    from can_tf.evaluation.comparison import signed_interval_text
+
+    return signed_interval_text(d.get("point"), d.get("low"), d.get("high"))
 
 
 def _p_text(value) -> str:
-    if value is None:
-        return "—"
-    return "&lt;0.001" if value < 0.001 else f"{value:.3f}"
+    from can_tf.evaluation.comparison import p_text
+
+    return _e(p_text(value))
