@@ -47,9 +47,14 @@ def software_versions() -> dict:
 
 
 def is_phantom_source(source) -> bool:
-    """True for the built-in phantom data (``None``) and for a folder written by ``can-tf data synth``."""
+    """True for the built-in phantom data (``None``) and for a folder written by ``can-tf data synth``.
+
+    A URL (``gs://...``: packed data, read through TensorFlow) is not looked at on the local disk.
+    """
     if source is None:
         return True
+    if "://" in str(source):
+        return False
     from pathlib import Path
 
     folder = Path(source) if Path(source).is_dir() else Path(source).parent

@@ -30,12 +30,19 @@ columns, ``shard`` and ``record``, the key :func:`packed_dataset` filters the re
 Integrity: a shard whose size or SHA-256 differs from the index (a truncated copy, a partial
 upload) raises :class:`~can_tf.data.errors.DataError` naming the file before any record is read.
 Each shard is hashed once per process (about 1.5 GB/s; :func:`verify_shards`); ``verify="size"``
-skips the hash. Shards and the index are written atomically (temporary file, then rename), so a
-killed ``pack`` leaves no folder that looks complete.
+skips the hash. A record that fails its CRC while it is read (a shard changed after it was
+verified, or read with ``verify="size"``) stops the read with TensorFlow's ``DataLossError``, which
+names no file: :func:`name_bad_shard` checks the shards again and names the one at fault (the
+trainer does this for ``fit``). Shards and the index are written atomically (temporary file, then
+rename), so a killed ``pack`` leaves no folder that looks complete.
 
-Paths go through ``tf.io.gfile``, so ``gs://`` and ``s3://`` work where TensorFlow's file system
-plugins are installed. Multi-worker input (``tf.distribute``) gives each input pipeline its own
-shard files (:func:`shard_files_for_worker`), so workers never read each other's files.
+Paths go through ``tf.io.gfile``, so ``gs://`` (built into TensorFlow), ``s3://`` (tensorflow-io)
+and ``ram://`` URLs work as ``data.source`` (:func:`can_tf.data.table.resolve_source`) and as the
+pack's output. Of a remote folder, NIH's split lists are copied into a local folder,
+``<cache>/packed-lists/<hash of the URL>/`` (:func:`~can_tf.data.phantom.cache_root`), which the
+table names as its ``data_root``, so that ``data.split=official`` reads them. Multi-worker input
+(``tf.distribute``) gives each input pipeline its own shard files (:func:`shard_files_for_worker`),
+so workers never read each other's files.
 
 Example:
     >>> import numpy as np, pandas as pd, tempfile
@@ -55,10 +62,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -417,6 +426,8 @@ def read_index(path) -> dict:
         raise DataError(f"{path} has no {INDEX_FILE}: not a packed data set (write one with `can-tf data pack`)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{index_path}: not valid JSON ({exc})") from None
+    except tf.errors.OpError as exc:  # a remote file system: no credentials, no network, no plugin
+        raise DataError(f"cannot read {index_path}: {_op_error_line(exc)}") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT_NAME:
         raise DataError(f"{index_path} is not a can-tf packed index (no \"format\": \"{FORMAT_NAME}\")")
     if index.get("version") != FORMAT_VERSION:
@@ -432,7 +443,9 @@ def read_packed_table(path) -> tuple:
 
     ``df`` has the table's columns (:data:`can_tf.data.table.BASE_COLUMNS`, any extra columns such
     as ``official_split``, one per class) plus ``shard`` and ``record``; ``df.attrs`` carries
-    ``format="packed"``, ``packed_root``, ``image_size`` and ``aspect``.
+    ``format="packed"``, ``packed_root`` (``path`` as given: a URL stays a URL), ``image_size``,
+    ``aspect`` and ``data_root``, where split lists are found: the folder, or for a URL holding
+    NIH's lists a local copy of them (see the module docstring).
 
     Example:
         >>> df, class_names = read_packed_table("/data/nih-224")  # doctest: +SKIP
@@ -464,9 +477,33 @@ def read_packed_table(path) -> tuple:
         parts.append(part)
     df = pd.concat(parts, ignore_index=True)
     df = df[[*BASE_COLUMNS, *[c for c in columns if c not in BASE_COLUMNS], *class_names, "shard", "record"]]
-    df.attrs = {"format": "packed", "packed_root": str(path), "data_root": str(path),
+    df.attrs = {"format": "packed", "packed_root": str(path), "data_root": _split_lists_folder(str(path)),
                 "image_size": int(index["image_size"]), "aspect": index["aspect"], "missing_images": 0}
     return df, class_names
+
+
+def _split_lists_folder(path: str) -> str:
+    """Where ``data.split=official`` finds the NIH lists of packed folder ``path``: the folder
+    itself when local; for a URL, a local copy of the lists it holds, read through ``tf.io.gfile``
+    (the split readers open local files), or the URL itself when it holds none."""
+    if not _is_remote(path):
+        return path
+    import tensorflow as tf
+
+    from can_tf.data.phantom import cache_root
+    from can_tf.files import atomic_write_bytes
+
+    present = [name for name in _SIDE_FILES if tf.io.gfile.exists(_join(path, name))]
+    if not present:
+        return path
+    local = cache_root() / "packed-lists" / hashlib.sha256(path.rstrip("/").encode("utf-8")).hexdigest()[:16]
+    for name in _SIDE_FILES:
+        if name in present:
+            with tf.io.gfile.GFile(_join(path, name), "rb") as f:
+                atomic_write_bytes(local / name, f.read())
+        else:  # the copy mirrors the folder: no list left over from an earlier version of it
+            (local / name).unlink(missing_ok=True)
+    return str(local)
 
 
 def load_packed(source, class_names: Sequence[str], *, image_root=None) -> pd.DataFrame:
@@ -521,6 +558,73 @@ def verify_shards(path, files: Sequence[str], mode: str = "sha256") -> None:
                 raise DataError(f"shard {file} does not match its SHA-256 in {INDEX_FILE}: corrupt; "
                                 f"re-copy or re-pack it")
             _verified[key] = expected["sha256"]
+
+
+def name_bad_shard(path, files: Optional[Sequence[str]] = None, error: Optional[BaseException] = None) -> DataError:
+    """The error for a read of packed folder ``path`` that failed part-way, naming the shard at fault.
+
+    TFRecord's ``DataLossError`` ("corrupted record at N") names no file. This checks the shard
+    files again against the index, afresh (the per-process record of verified shards is ignored,
+    since a file may have changed after it was verified): size, then SHA-256.
+
+    Args:
+        path: the packed folder (local or a URL).
+        files: the shard file names the failed pipeline read; default: every shard of the index.
+        error: the error the read raised; its type and first line go into the message.
+
+    Returns:
+        A :class:`~can_tf.data.errors.DataError` (to raise) naming the first shard of ``files``
+        that is missing, of another size or of another digest; or, when every one matches the
+        index, naming the folder and ``error``.
+
+    Example:
+        >>> try:  # doctest: +SKIP
+        ...     model.fit(packed_dataset(folder, table, classes, 32, training=True, verify="size"))
+        ... except tf.errors.DataLossError as e:
+        ...     raise name_bad_shard(folder, error=e) from e
+    """
+    import tensorflow as tf
+
+    path = str(path).rstrip("/")
+    cause = "the read failed" if error is None else f"{type(error).__name__} while reading: {_op_error_line(error)}"
+    by_name = {s["file"]: s for s in read_index(path)["shards"]}
+    for name in by_name if files is None else files:
+        expected = by_name[name]
+        file = _join(path, name)
+        try:
+            length = tf.io.gfile.stat(file).length
+        except tf.errors.NotFoundError:
+            return DataError(f"shard {file} is missing ({cause}); it is listed in {INDEX_FILE}: re-copy or re-pack it")
+        if length != expected["bytes"] or _sha256(file) != expected["sha256"]:
+            for key in [k for k in _verified if k[0] == file]:  # verify_shards hashes it again next time
+                del _verified[key]
+            what = ("its SHA-256 differs from the index" if length == expected["bytes"] else
+                    f"{length:,} bytes, the index says {expected['bytes']:,}: truncated or replaced")
+            return DataError(f"shard {file} is corrupt ({cause}; {what}): re-copy or re-pack it")
+    return DataError(f"packed data {path}: {cause}, yet every shard read matches its size and SHA-256 in "
+                     f"{INDEX_FILE}; the storage returned bad bytes: retry, and re-copy the folder if it recurs")
+
+
+def _op_error_line(error: BaseException) -> str:
+    """The line of a TensorFlow error's message that says what failed, without the graph context TF
+    adds (``{{function_node ...}}``, ``[[{{node ...}}]]``, ``[Op:...]``, and the "Graph execution
+    error" header with its stack of frames that an error inside a ``tf.function`` comes with).
+
+    Example:
+        >>> _op_error_line(ValueError("Graph execution error:\\n\\nDetected at node IteratorGetNext defined at "
+        ...                           "(most recent call last):\\n  File \\"x.py\\", line 1, in f\\n\\n"
+        ...                           "corrupted record at 96\\n\\t [[{{node IteratorGetNext}}]] [Op:f_1]"))
+        'corrupted record at 96'
+    """
+    text = getattr(error, "message", None) or str(error)
+    lines = []
+    for raw in text.splitlines():
+        if raw[:1].isspace() and raw.strip().startswith("File "):
+            continue  # a frame of the stack TF shows for a node of a tf.function
+        line = " ".join(re.sub(r"\[\[.*?\]\]|\{\{.*?\}\}|\[Op:[^\]]*\](\s*name:\s*\S*)?", " ", raw).split())
+        if line and line != "Graph execution error:" and not line.startswith("Detected at node "):
+            lines.append(line)
+    return lines[0] if lines else type(error).__name__
 
 
 def shard_files_for_worker(files: Sequence[str], num_workers: int, worker_index: int) -> list:
@@ -656,3 +760,21 @@ def _in_row_order(ds, rows: int):
 
     return tf.data.Dataset.from_generator(
         rows_in_order, output_signature=(tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.string)))
+
+
+@contextlib.contextmanager
+def shard_read_errors_named(table_attrs: dict):
+    """A packed table's shard that fails mid-read (TFRecord's ``DataLossError``, which names no
+    file) leaves as the :class:`~can_tf.errors.DataError` of
+    :func:`can_tf.data.packed.name_bad_shard`, naming the shard. The exception still ends ``fit``
+    as before: the epochs committed earlier stay in the run directory. Other tables' errors pass
+    unchanged. Used around every loop that reads a data table: ``fit``, its test prediction and
+    ``evaluate``."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except tf.errors.DataLossError as error:
+        if "packed_root" not in table_attrs:
+            raise
+        raise name_bad_shard(table_attrs["packed_root"], error=error) from error

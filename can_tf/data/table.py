@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -46,6 +47,9 @@ SEXES = ("M", "F")
 MAX_AGE = 120.0  # years; NIH's first release had ages like 414 that are typos, not patients
 
 _AGE_UNITS = {"": 1.0, "Y": 1.0, "M": 12.0, "W": 52.0, "D": 365.0}
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# Schemes that TensorFlow itself lacks and the tensorflow-io package registers for it.
+_TENSORFLOW_IO_SCHEMES = ("s3", "hdfs", "viewfs", "har", "az", "http", "https")
 
 
 def read_string_table(path: os.PathLike, what: str, *, nrows: Optional[int] = None, usecols=None) -> pd.DataFrame:
@@ -202,8 +206,21 @@ def drop_missing_images(df: pd.DataFrame, listed_in: str, looked_in: str) -> pd.
     return df
 
 
-def resolve_source(source: Optional[str], format: str = "auto",
-                   label_file: Optional[str] = None) -> tuple[str, Optional[Path], Optional[Path]]:
+def is_url(source) -> bool:
+    """True when ``source`` is a URL (``scheme://...``: ``gs://``, ``s3://``, ``hdfs://``, ``ram://``).
+
+    A URL is read through TensorFlow's file systems (``tf.io.gfile``) and stays a string: a
+    ``Path`` would turn ``gs://bucket`` into ``gs:/bucket``.
+
+    Example:
+        >>> is_url("gs://bucket/nih-224"), is_url("/data/nih-224"), is_url("C:/data")
+        (True, False, False)
+    """
+    return isinstance(source, str) and _URL.match(source) is not None
+
+
+def resolve_source(source: Optional[str], format: str = "auto", label_file: Optional[str] = None
+                   ) -> tuple[str, Optional[Union[Path, str]], Optional[Path]]:
     """Decides how to read ``source``: returns ``(format, data_root, label_file)``.
 
     ``auto`` asks each publisher's reader whether ``source`` has its layout (file names, then a CSV
@@ -211,6 +228,14 @@ def resolve_source(source: Optional[str], format: str = "auto",
     ``.csv``/``.csv.gz`` file a generic CSV, unless it is an NIH ``Data_Entry_2017*`` label file.
     ``source=None`` means the phantom data set (the caller generates it). For the publishers'
     readers ``data_root`` is the source itself and ``label_file`` None.
+
+    A URL (``gs://``, ``s3://``, ``hdfs://``, ``ram://``; see :func:`is_url`) must hold packed data
+    (``can-tf data pack``): it is checked through ``tf.io.gfile`` and returned unchanged, a string,
+    as ``("packed", source, None)``.
+
+    Raises:
+        DataError: an unknown format, a source that does not exist, a URL that is not packed data
+            or whose scheme TensorFlow has no file system for, or a source no reader can read.
     """
     if format not in FORMATS:
         raise DataError(f"unknown data format {format!r}; known: {', '.join(FORMATS)}")
@@ -218,6 +243,8 @@ def resolve_source(source: Optional[str], format: str = "auto",
         if format not in ("auto", "chestxray14"):
             raise DataError(f"data.format={format!r} needs data.source set to the data set's folder or file")
         return "chestxray14", None, Path(label_file) if label_file else None
+    if is_url(source):
+        return "packed", _check_url(source, format), None
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"data source {source} does not exist")
@@ -237,6 +264,42 @@ def resolve_source(source: Optional[str], format: str = "auto",
     if path.is_dir():
         return "chestxray14", path, Path(label_file) if label_file else None
     return "chestxray14", path.parent, Path(label_file) if label_file else path
+
+
+def _check_url(source: str, format: str) -> str:
+    """``source``, a URL, once ``tf.io.gfile`` finds packed data there; else a one-line DataError."""
+    only_packed = (f"data source {source}: only packed data (can-tf data pack) is read from a URL; "
+                   f"PNG folders and CSV files must be local")
+    if format not in ("auto", "packed"):
+        raise DataError(f"{only_packed} (data.format={format!r} reads local files only)")
+    import tensorflow as tf
+
+    from can_tf.data.packed import is_packed
+
+    try:
+        if not tf.io.gfile.exists(source):
+            raise DataError(f"data source {source} does not exist")
+        packed = is_packed(source)
+    except tf.errors.UnimplementedError:
+        raise DataError(_no_file_system(source)) from None
+    except tf.errors.OpError as e:  # permission denied, no network, no credentials
+        detail = " ".join((e.message or str(e)).split())
+        raise DataError(f"data source {source} cannot be read ({type(e).__name__}: {detail})") from None
+    if not packed:
+        raise DataError(f"{only_packed} (no index.json there)")
+    return source
+
+
+def _no_file_system(source: str) -> str:
+    """The line for a URL whose scheme has no file system registered in TensorFlow."""
+    scheme = source.split("://", 1)[0].lower()
+    if scheme in _TENSORFLOW_IO_SCHEMES:
+        hint = f"pip install tensorflow-io, which adds {scheme}:// to TensorFlow"
+    elif scheme == "gs":
+        hint = "gs:// is built into the official TensorFlow packages; this TensorFlow build lacks it"
+    else:
+        hint = "TensorFlow has gs:// and ram:// built in; tensorflow-io adds s3://, hdfs:// and az://"
+    return f"data source {source}: TensorFlow has no file system for {scheme}:// ({hint})"
 
 
 def _reader_module(format: str):

@@ -97,12 +97,15 @@ def predict_table(predictor, df, class_names: Sequence[str], batch_size: int = 3
 
     dataset = make_dataset(df, list(class_names), predictor.image_size, batch_size, training=False,
                            deterministic=True, aspect=predictor.aspect, max_pixels=predictor.max_pixels)
+    from can_tf.data.packed import shard_read_errors_named
+
     labels, probs = [], []
-    for images, y in dataset:
-        probs.append(predictor.predict(images.numpy()))
-        labels.append(y.numpy())
-        if on_batch is not None:
-            on_batch(len(y))
+    with shard_read_errors_named(df.attrs):
+        for images, y in dataset:
+            probs.append(predictor.predict(images.numpy()))
+            labels.append(y.numpy())
+            if on_batch is not None:
+                on_batch(len(y))
     if not probs:
         raise EvaluationError("no images to evaluate")
     return np.concatenate(labels), np.concatenate(probs)

@@ -268,9 +268,12 @@ def _train_in(run: Run, config, info, policy, extra_callbacks, *, checkpoint_dir
         None if best_so_far is None else best_so_far["val_mean_auroc"], epoch_lines, resumed.callbacks)
     start = time.perf_counter()
     if resumed.stop_reason is None and resumed.epoch < tc.epochs:
-        model.fit(train_ds, epochs=tc.epochs, steps_per_epoch=steps_per_epoch,
-                  callbacks=list(extra_callbacks) + callbacks,
-                  verbose=keras_verbose, initial_epoch=resumed.epoch, shuffle=False)
+        from can_tf.data.packed import shard_read_errors_named
+
+        with shard_read_errors_named(df.attrs):
+            model.fit(train_ds, epochs=tc.epochs, steps_per_epoch=steps_per_epoch,
+                      callbacks=list(extra_callbacks) + callbacks,
+                      verbose=keras_verbose, initial_epoch=resumed.epoch, shuffle=False)
     fit_seconds = time.perf_counter() - start
 
     if nan_guard.stopped:
@@ -287,7 +290,10 @@ def _train_in(run: Run, config, info, policy, extra_callbacks, *, checkpoint_dir
 
     # ---- finalise: the best model on the test split ----
     best_model = keras.saving.load_model(str(run.best_model), compile=False)
-    labels, probs = predict_probabilities(best_model, eval_dataset(splits["test"], "none"))
+    from can_tf.data.packed import shard_read_errors_named
+
+    with shard_read_errors_named(df.attrs):
+        labels, probs = predict_probabilities(best_model, eval_dataset(splits["test"], "none"))
     test_auroc = class_aurocs(labels, probs, class_names)
     test_ci, test_mean_ci = _test_intervals(labels, probs, splits["test"], class_names, test_auroc)
     history = run.committed_history(checkpoint_dir)
