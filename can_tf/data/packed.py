@@ -123,7 +123,9 @@ def _join(folder: str, name: str) -> str:
 
 
 def _is_remote(path: str) -> bool:
-    return "://" in str(path)
+    from can_tf.data.table import is_url  # one rule for what a URL is
+
+    return is_url(str(path))
 
 
 def _publish(path: str, write_fn: Callable[[str], None]) -> None:
