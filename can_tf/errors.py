@@ -12,6 +12,7 @@ working::
     ├── DataError(ValueError)         input data is invalid (a label file, a CSV row, a split list)
     │   └── ImageError                one image file cannot be used (``path``, ``reason``)
     ├── ModelFileError(ValueError)    a model path is not something can-tf can load
+    │   └── LiteRTUnavailable         LiteRT cannot stand in for a Keras model (predict runs Keras)
     ├── RunError(RuntimeError)        a run directory cannot be used as asked
     │   └── RunInUseError             another process holds the run directory's lock
     ├── ExportError(RuntimeError)     an export could not be written or failed its verification
@@ -39,7 +40,7 @@ import errno
 import os
 
 __all__ = ["CanTfError", "ConfigError", "DataError", "DiskFullError", "EvaluationError", "ExportError",
-           "ImageError", "ModelFileError", "RunError", "RunInUseError"]
+           "ImageError", "LiteRTUnavailable", "ModelFileError", "RunError", "RunInUseError"]
 
 
 class CanTfError(Exception):
@@ -73,6 +74,10 @@ class ImageError(DataError):
 
 class ModelFileError(CanTfError, ValueError):
     """``MODEL`` is not something can-tf can load; the message names the path and what was expected."""
+
+
+class LiteRTUnavailable(ModelFileError):
+    """LiteRT cannot stand in for a Keras model (its conversion failed or differs from Keras)."""
 
 
 class RunError(CanTfError, RuntimeError):

@@ -190,6 +190,30 @@ class Predictions:
         return atomic_write_text(path, text)
 
 
+RUNTIMES = ("auto", "keras", "litert")
+
+
+def _keras_model_runtime(weights: Path, temperatures, choice: str) -> tuple:
+    """``(runtime, note)`` for a ``.keras`` model: LiteRT when chosen (or ``auto`` on a CPU) and it
+    matches Keras, else Keras; the note says which LiteRT file runs, or why Keras does."""
+    from can_tf.errors import LiteRTUnavailable
+
+    values = None if temperatures is None else temperatures.values
+    if choice == "auto":
+        import tensorflow as tf
+
+        choice = "keras" if tf.config.list_physical_devices("GPU") else "litert"
+    if choice == "keras":
+        return open_runtime(weights, "keras", temperatures=values), None
+    from can_tf.litert_cache import litert_runtime
+
+    try:
+        runtime = litert_runtime(weights, temperatures=temperatures)
+    except LiteRTUnavailable as e:
+        return open_runtime(weights, "keras", temperatures=values), f"Keras runs the model: {e}"
+    return runtime, runtime.cache_note
+
+
 def _image_rules(model_path: Path, config) -> tuple:
     """``(aspect, max_pixels)`` the model was trained with: its config, else a ``.tflite``'s
     ``<stem>.json`` (written by the export), else the defaults."""
@@ -235,6 +259,7 @@ class Predictor:
         self.aspect = check_aspect(aspect)  # the model's image rules (data.aspect, data.max_pixels)
         self.max_pixels = max_pixels
         self.temperatures = None  # the calibration this predictor applies (Keras formats), or None
+        self.runtime_note = None  # which LiteRT file runs a Keras model, or why Keras runs it instead
 
     @property
     def warning(self) -> Optional[str]:
@@ -247,6 +272,11 @@ class Predictor:
     def keras_model(self):
         """The loaded Keras model (run directory and ``.keras`` formats only)."""
         model = getattr(self._runtime, "model", None)
+        if model is None and getattr(self, "_keras_path", None) is not None:
+            from can_tf.runtime import load_keras_model
+
+            # LiteRT runs the predictions; the Keras model (for Grad-CAM) is loaded when asked for.
+            model = self._keras_model = getattr(self, "_keras_model", None) or load_keras_model(self._keras_path)
         if model is None:
             raise ModelFileError(
                 f"{self.path} is a {self.format} model; this needs the Keras model (a run directory "
@@ -256,15 +286,23 @@ class Predictor:
 
     @classmethod
     def load(cls, model_path: str | os.PathLike, *, use_thresholds: bool = True,
-             use_calibration: bool = True) -> "Predictor":
+             use_calibration: bool = True, runtime: str = "keras") -> "Predictor":
         """Loads ``model_path`` (run dir, ``.keras``, SavedModel folder, ``.tflite``) and its metadata.
 
         A run's ``calibration.json`` (temperatures fitted by ``can-tf evaluate``) is applied to a
         Keras model's logits unless ``use_calibration=False`` (what evaluation uses to fit them);
         exports have it baked into their graph already.
+
+        ``runtime`` chooses what runs a run directory's or ``.keras`` file's model (other formats
+        have their own): ``"keras"``; ``"litert"``, its float32 LiteRT conversion, converted once,
+        cached beside the model and checked against Keras (:mod:`can_tf.litert_cache`; faster on a
+        CPU); or ``"auto"``, LiteRT where TensorFlow sees no GPU, else Keras. Where LiteRT cannot
+        stand in, Keras runs and :attr:`runtime_note` says why; it also says which file LiteRT runs.
         """
         from can_tf.run import read_config, read_temperatures, read_thresholds, run_of_model
 
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         path = Path(model_path)
         fmt = model_format(path)
         run = run_of_model(path) if fmt in ("run", "keras") else None
@@ -274,8 +312,9 @@ class Predictor:
             calibration = run.calibration_path if run is not None else path.parent / CALIBRATION_FILE
             if calibration.is_file():
                 temperatures = read_temperatures(calibration)
+        note = None
         if fmt in ("run", "keras"):
-            runtime = open_runtime(weights, "keras", temperatures=None if temperatures is None else temperatures.values)
+            runtime, note = _keras_model_runtime(weights, temperatures, runtime)
         else:
             runtime = open_runtime(weights, fmt)
 
@@ -314,7 +353,14 @@ class Predictor:
                         format=fmt, path=str(path), provenance=read_provenance(path, run), aspect=aspect,
                         max_pixels=max_pixels)
         predictor.temperatures = temperatures
+        predictor.runtime_note = note
+        predictor._keras_path = weights if fmt in ("run", "keras") else None
         return predictor
+
+    @property
+    def runtime(self) -> str:
+        """What runs the model: ``"keras"``, ``"saved_model"`` or ``"tflite"`` (LiteRT)."""
+        return self._runtime.format
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """float32 ``(B, S, S, 1)`` in [0, 255] -> probabilities ``(B, C)``.

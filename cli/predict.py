@@ -23,7 +23,11 @@ _PROGRESS_MIN_FILES = 64
               help="Column of image paths in a CSV INPUT (data.path_column).")
 @click.option("--image-root", default=None, type=click.Path(exists=True, file_okay=False),
               help="Where relative paths of a CSV INPUT start (data.image_root); default the CSV's folder.")
-def predict(model, inputs, out_path, batch_size, no_thresholds, path_column, image_root):
+@click.option("--runtime", type=click.Choice(["auto", "keras", "litert"]), default="auto", show_default=True,
+              help="What runs a run's or .keras model: its LiteRT conversion (converted once, cached in "
+                   "litert-cache/ beside the model, checked against Keras), Keras, or auto: LiteRT on a "
+                   "CPU, Keras where TensorFlow sees a GPU.")
+def predict(model, inputs, out_path, batch_size, no_thresholds, path_column, image_root, runtime):
     """Predict findings with MODEL for every image in INPUT...
 
     \b
@@ -46,18 +50,23 @@ def predict(model, inputs, out_path, batch_size, no_thresholds, path_column, ima
     # can_tf's errors (a bad input list, model file, run or thresholds.json) become one `Error:`
     # line in can_tf_cli.main.
     paths = expand_inputs(inputs, path_column=path_column, image_root=image_root)
-    predictor = Predictor.load(model, use_thresholds=not no_thresholds)
+    predictor = Predictor.load(model, use_thresholds=not no_thresholds, runtime=runtime)
 
     if predictor.warning:
         click.echo(predictor.warning, err=True)
+    if predictor.runtime_note:
+        click.echo(predictor.runtime_note, err=True)
     show_bar = len(paths) >= _PROGRESS_MIN_FILES
     with click.progressbar(length=len(paths), label="Predicting", file=sys.stderr,
                            hidden=not show_bar) as bar:
         result = predictor.predict_files(paths, batch_size=batch_size, on_batch=bar.update)
     written = result.write(out_path)
 
+    through = {"tflite": " through LiteRT", "keras": " through Keras"}.get(predictor.runtime, "")
+    if predictor.format not in ("run", "keras"):
+        through = ""  # an export runs in its own runtime
     click.echo(f"{result.num_predicted} of {len(paths)} image(s) predicted with {predictor.format} model "
-               f"{model}; wrote {written}", err=True)
+               f"{model}{through}; wrote {written}", err=True)
     if predictor.temperatures is not None:
         click.echo(f"Probabilities calibrated by the run's temperature scaling ({predictor.temperatures.scope}, "
                    f"fitted on {predictor.temperatures.fitted_on}).", err=True)

@@ -160,7 +160,7 @@ def test_cli_predict_exit_code_and_summary(tmp_path, monkeypatch):
     bad = tmp_path / "bad.png"
     bad.write_text("nope")
     monkeypatch.setattr(predictor_module.Predictor, "load", classmethod(
-        lambda cls, path, use_thresholds=True: cls(_MeanBrightness(), image_size=32, class_names=["A", "B", "C"])))
+        lambda cls, path, use_thresholds=True, runtime="auto": cls(_MeanBrightness(), image_size=32, class_names=["A", "B", "C"])))
     runner = CliRunner()
     out = tmp_path / "preds.csv"
     result = runner.invoke(main, ["predict", str(tmp_path), good, str(bad), "--out", str(out)])

@@ -88,7 +88,8 @@ METADATA_LICENSE = ("The weights are subject to the terms of the data they were 
 
 
 def convert_tflite(source: ExportSource, quantize: str = "none", uint8_input: bool = False,
-                   calibration: Optional[np.ndarray] = None, rgb_input: bool = False) -> bytes:
+                   calibration: Optional[np.ndarray] = None, rgb_input: bool = False,
+                   batch_size: Optional[int] = 1) -> bytes:
     """Converts the model to a TFLite flatbuffer (builtin ops only).
 
     Args:
@@ -99,6 +100,8 @@ def convert_tflite(source: ExportSource, quantize: str = "none", uint8_input: bo
             (repeated to three channels for an RGB input).
         rgb_input: the model takes ``(1, S, S, 3)`` RGB pixels and converts them to gray as
             :func:`can_tf.images.to_gray` does.
+        batch_size: the input's batch dimension: 1 (what phones run, the default), or None for a
+            model the interpreter resizes to any batch (:mod:`can_tf.litert_cache`).
 
     Raises:
         ExportError: an unknown mode, missing calibration images, or a model that would need ops
@@ -115,7 +118,7 @@ def convert_tflite(source: ExportSource, quantize: str = "none", uint8_input: bo
     logits_model = source.logits_model()
     dtype = tf.uint8 if uint8_input else tf.float32
 
-    @tf.function(input_signature=[tf.TensorSpec([1, size, size, _input_channels(rgb_input)], dtype, name="image")],
+    @tf.function(input_signature=[tf.TensorSpec([batch_size, size, size, _input_channels(rgb_input)], dtype, name="image")],
                  autograph=False)
     def serve(image):
         x = tf.cast(image, tf.float32)
