@@ -1,9 +1,10 @@
 """Inference runtimes for can-tf's CAN on this CPU, one process: the levers for ``predict``.
 
 Times the paper preset's inference view (random weights) at batch 8 and batch 1 through
-``predict_on_batch`` (what ``Predictor`` uses today), a plain ``tf.function``, the same function
-under XLA (``jit_compile=True``), and the LiteRT interpreter (XNNPACK, all usable cores) on the
-float32 conversion, with the LiteRT output's largest difference from Keras at batch 1.
+``predict_on_batch``, a plain ``tf.function`` (what ``Predictor``'s Keras runtime runs), the same
+function under XLA (``jit_compile=True``), and the LiteRT interpreter (XNNPACK, all usable cores) on
+the float32 conversion (what ``predict`` runs on a CPU, :mod:`can_tf.litert_cache`), with the LiteRT
+output's largest difference from Keras at batch 1.
 
 Usage:
     python -m benchmarks.predict_levers [IMAGE_SIZE] [off|bfloat16]
