@@ -37,6 +37,7 @@ killed process left behind can be told apart from the work of a live one and rem
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -284,6 +285,16 @@ def write_json(path: PathLike, values: Any) -> Path:
             json.dump(_nan_to_none(values), f, indent=2)
 
     return atomic_write(path, write)
+
+
+def sha256_of(path: PathLike) -> str:
+    """The hex SHA-256 of a local file, read in 1 MiB blocks (packed data hashes through
+    ``tf.io.gfile`` instead, for URLs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_json(path: PathLike, what: str, error: Callable[[str], Exception] = ValueError) -> Any:

@@ -42,6 +42,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from can_tf.errors import LiteRTUnavailable, ModelFileError
+from can_tf.files import sha256_of
 from can_tf.runtime import LiteRTRuntime
 
 PathLike = Union[str, os.PathLike]
@@ -53,19 +54,11 @@ PARITY_IMAGES = 4
 _RECORD_VERSION = 1
 
 
-def _sha256(path: PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def cache_key(model_path: PathLike, temperatures: Optional[Sequence[float]] = None) -> str:
     """12 hex digits naming one conversion: the ``.keras`` bytes, the temperatures, TensorFlow's version."""
     import tensorflow as tf
 
-    parts = [_sha256(model_path), json.dumps(None if temperatures is None else [float(t) for t in temperatures]),
+    parts = [sha256_of(model_path), json.dumps(None if temperatures is None else [float(t) for t in temperatures]),
              tf.__version__, str(_RECORD_VERSION)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
 
@@ -151,7 +144,7 @@ def _read_cached(target: Path, record_path: Path, key: str) -> Optional[dict]:
     """The record of a cached conversion whose file is intact, else None (convert again)."""
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
-        if record.get("key") != key or not target.is_file() or _sha256(target) != record.get("sha256"):
+        if record.get("key") != key or not target.is_file() or sha256_of(target) != record.get("sha256"):
             return None
         float(record["max_abs_diff"])
         return record

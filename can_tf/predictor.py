@@ -260,6 +260,8 @@ class Predictor:
         self.max_pixels = max_pixels
         self.temperatures = None  # the calibration this predictor applies (Keras formats), or None
         self.runtime_note = None  # which LiteRT file runs a Keras model, or why Keras runs it instead
+        self._keras_path = None  # the .keras file behind a LiteRT runtime: keras_model loads it when asked
+        self._keras_model = None
 
     @property
     def warning(self) -> Optional[str]:
@@ -272,11 +274,13 @@ class Predictor:
     def keras_model(self):
         """The loaded Keras model (run directory and ``.keras`` formats only)."""
         model = getattr(self._runtime, "model", None)
-        if model is None and getattr(self, "_keras_path", None) is not None:
+        if model is None and self._keras_path is not None:
             from can_tf.runtime import load_keras_model
 
             # LiteRT runs the predictions; the Keras model (for Grad-CAM) is loaded when asked for.
-            model = self._keras_model = getattr(self, "_keras_model", None) or load_keras_model(self._keras_path)
+            if self._keras_model is None:
+                self._keras_model = load_keras_model(self._keras_path)
+            model = self._keras_model
         if model is None:
             raise ModelFileError(
                 f"{self.path} is a {self.format} model; this needs the Keras model (a run directory "
@@ -354,7 +358,8 @@ class Predictor:
                         max_pixels=max_pixels)
         predictor.temperatures = temperatures
         predictor.runtime_note = note
-        predictor._keras_path = weights if fmt in ("run", "keras") else None
+        if fmt in ("run", "keras"):
+            predictor._keras_path = weights
         return predictor
 
     @property

@@ -62,9 +62,10 @@ def predict(model, inputs, out_path, batch_size, no_thresholds, path_column, ima
         result = predictor.predict_files(paths, batch_size=batch_size, on_batch=bar.update)
     written = result.write(out_path)
 
-    through = {"tflite": " through LiteRT", "keras": " through Keras"}.get(predictor.runtime, "")
-    if predictor.format not in ("run", "keras"):
-        through = ""  # an export runs in its own runtime
+    # A run's or .keras model says which runtime ran it; an export runs in its own.
+    through = ""
+    if predictor.format in ("run", "keras"):
+        through = " through LiteRT" if predictor.runtime == "tflite" else " through Keras"
     click.echo(f"{result.num_predicted} of {len(paths)} image(s) predicted with {predictor.format} model "
                f"{model}{through}; wrote {written}", err=True)
     if predictor.temperatures is not None:

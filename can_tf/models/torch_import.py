@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import importlib
 import os
 import re
@@ -72,6 +71,7 @@ import keras
 import numpy as np
 
 from can_tf.errors import ModelFileError
+from can_tf.files import sha256_of
 from can_tf.models.weights_info import WeightsInfo, read_weights_info, write_weights_info
 
 TORCH_MISSING = 'PyTorch is needed to import checkpoints: pip install "can-tf[torch]"'
@@ -317,15 +317,6 @@ def _load_failure(error: BaseException) -> str:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
-
-
-def sha256_of(path) -> str:
-    """The hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- mapping -----------------------------------------------------------------------------------------
