@@ -185,11 +185,13 @@ def _convert_checked(model_path: Path, model, temperatures) -> tuple:
 
 def _write_cache(folder: Path, target: Path, record_path: Path, flatbuffer: bytes, record: dict, stem: str) -> bool:
     """Publishes the file, then its record (a reader trusts only a file its record vouches for);
-    removes older conversions of ``stem``. False where the folder cannot be written."""
-    from can_tf.files import atomic_write_bytes, write_json
+    removes older conversions of ``stem`` and dead processes' temporaries. False where the folder
+    cannot be written."""
+    from can_tf.files import atomic_write_bytes, remove_stale_temporaries, write_json
 
     try:
         folder.mkdir(exist_ok=True)
+        remove_stale_temporaries(folder)  # what a predict killed mid-write left
         atomic_write_bytes(target, flatbuffer)
         write_json(record_path, record)
     except OSError:

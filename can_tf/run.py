@@ -382,7 +382,7 @@ class Run:
         from can_tf.files import remove_stale_temporaries
 
         removed = []
-        for folder in (self.root, self.checkpoint, self.splits, self.root / "tflite", self.root / "litert-cache"):
+        for folder in (self.root, self.checkpoint, self.splits, self.root / "tflite"):
             if folder.is_dir():
                 removed += remove_stale_temporaries(folder)
         return removed

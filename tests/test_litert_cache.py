@@ -101,6 +101,21 @@ def test_new_calibration_converts_again_with_the_temperatures_baked_in(fresh_run
     np.testing.assert_allclose(calibrated.predict(images), expected, atol=1e-5)  # ...and LiteRT has them
 
 
+def test_a_killed_conversion_leaves_nothing_behind(fresh_run):
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    pid = int(gone.stdout)  # a process that has ended
+    folder = fresh_run / "litert-cache"
+    folder.mkdir()
+    stale = folder / f".best-0123456789ab.tflite.tmp-{pid}-abc123.tmp"
+    stale.write_bytes(b"half a flatbuffer")
+    Predictor.load(fresh_run, runtime="litert")
+    assert not stale.exists() and len(_cached(fresh_run)) == 2
+
+
 def test_a_conversion_that_differs_from_keras_is_not_used(fresh_run, monkeypatch):
     import can_tf.litert_cache as litert_cache
 
@@ -110,6 +125,21 @@ def test_a_conversion_that_differs_from_keras_is_not_used(fresh_run, monkeypatch
     assert predictor.runtime_note.startswith("Keras runs the model: the LiteRT conversion of ")
     assert "differs from Keras by" in predictor.runtime_note
     assert not (fresh_run / "litert-cache").exists()
+
+
+def test_a_model_that_does_not_convert_runs_in_keras_and_says_why(fresh_run, monkeypatch):
+    import can_tf.export.tflite as tflite
+    from can_tf.errors import ExportError
+
+    def refuse(*args, **kwargs):
+        raise ExportError("TFLite conversion (none) failed with builtin ops only: op FancyOp")
+
+    monkeypatch.setattr(tflite, "convert_tflite", refuse)
+    predictor = Predictor.load(fresh_run, runtime="litert")
+    assert predictor.runtime == "keras"
+    assert predictor.runtime_note == (f"Keras runs the model: {fresh_run / 'best.keras'} does not convert to "
+                                      f"LiteRT: TFLite conversion (none) failed with builtin ops only: op FancyOp")
+    assert predictor.predict(np.zeros((1, 64, 64, 1), np.float32)).shape == (1, 14)
 
 
 def test_an_unwritable_model_folder_runs_the_conversion_from_memory(fresh_run, monkeypatch):
